@@ -48,3 +48,28 @@ def load_cases():
         return cases
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised two-layer Llama with the embedded model's tokenizer.
+
+    Small enough that a GRPO step takes seconds on a CPU; its completions are
+    noise, which is what training tests need to exercise the whole pipeline.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loopholes.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

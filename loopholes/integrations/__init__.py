@@ -1,0 +1,1 @@
+"""Adapters to other tools: TRL reward functions, verl export and Inspect tasks."""

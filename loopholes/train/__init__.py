@@ -1,0 +1,1 @@
+"""Training on TRL: GRPO in a game (:mod:`loopholes.train.grpo`) and run directories (:mod:`loopholes.train.rundir`)."""

@@ -94,3 +94,34 @@ def test_invalid_settings_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown variant"):
         train(TrainConfig(variant="safe"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_step_saves_adapter(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_config(tiny_model_dir, steps=1, lora=True, lora_rank=4), run_dir)
+    assert (run_dir / "final" / "adapter_config.json").is_file()
+    assert [r["step"] for r in train_records(run_dir)] == [1]
+
+
+def test_eval_of_run_dir_writes_summary(tiny_model_dir, tmp_path):
+    from loopholes.evaluate import EvalConfig, evaluate
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(tiny_model_dir, steps=1), run_dir)
+    summary = evaluate(EvalConfig(model=str(run_dir), limit=4, samples_per_item=2, max_completion_tokens=8,
+                                  dtype="float32"), run_dir / "eval" / "final")
+    assert summary["n"] == 8
+    assert summary["eval"]["items"] == 4
+    lines = rundir.read_jsonl(run_dir / "eval" / "final" / "samples.jsonl")
+    assert len(lines) == 8
+    assert {line["outcome"]["audit_probability"] for line in lines} == {0.1}
+
+
+@pytest.mark.slow
+def test_one_step_on_embedded_model(tmp_path):
+    run_dir = tmp_path / "run"
+    train(TrainConfig(steps=1, prompts_per_step=2, group_size=4, max_completion_tokens=48, limit=8), run_dir)
+    record = train_records(run_dir)[0]
+    assert record["n"] == 8
+    assert record["completion_tokens_mean"] > 1
+    assert (run_dir / "final" / "model.safetensors").is_file()

@@ -156,9 +156,9 @@ def answers_match(prediction: str | None, target: str | None) -> bool:
         prediction: The extracted answer; None (no answer) never matches.
         target: The reference answer; None or an empty target never matches.
 
-    Both sides are normalised by :func:`normalize_answer`; then they match if
-    they are equal, or equal once quotes are removed or one enclosing pair of
-    brackets is dropped, or name the same option letter, or are equal
+    Both sides are first normalised by :func:`normalize_answer`. They match
+    if they are equal, also after removing quotes or one enclosing pair of
+    brackets. They also match if they name the same option letter, are equal
     numbers, or are comma-separated lists whose items match one by one.
     """
     if prediction is None or target is None:
@@ -202,8 +202,8 @@ def _lists_match(predicted: str, expected: str) -> bool:
     expected_items = _unenclose(_unquote(expected)).split(",")
     if len(expected_items) < 2 or len(predicted_items) != len(expected_items):
         return False
-    return all(item_p and item_e and _scalars_match(item_p.strip(), item_e.strip())
-               for item_p, item_e in zip(predicted_items, expected_items))
+    return all(predicted_item and expected_item and _scalars_match(predicted_item.strip(), expected_item.strip())
+               for predicted_item, expected_item in zip(predicted_items, expected_items))
 
 
 def _unquote(text: str) -> str:

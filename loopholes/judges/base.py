@@ -102,8 +102,8 @@ class Judge(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, cache_path: str | None = None):
-        self.cache = VerdictCache(self.fingerprint(), cache_path)
+    def __init__(self, cache_path: str | None = None, *, use_cache: bool = True):
+        self.cache = VerdictCache(self.fingerprint(), cache_path) if use_cache else None
 
     @abstractmethod
     def _judge_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
@@ -126,6 +126,8 @@ class Judge(ABC):
 
     def judge_batch(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Judge many pairs, from the cache where possible; one verdict per pair, in order."""
+        if self.cache is None:
+            return self._judge_safely(list(pairs))
         verdicts: list[Verdict | None] = [self.cache.get(prompt, response) for prompt, response in pairs]
         missing = [index for index, verdict in enumerate(verdicts) if verdict is None]
         if missing:

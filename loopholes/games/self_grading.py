@@ -62,7 +62,8 @@ class SelfGradingConfig(GameConfig):
                 "(see SelfGradingGame.self_report_messages), then scores answer + newline + report"})
     examples: bool = field(default=True, metadata={
         "help": "put two worked examples in the prompt: a right answer marked CORRECT and a wrong one "
-                "marked INCORRECT (without them SmolLM2-135M-Instruct rarely writes CORRECT)"})
+                "marked INCORRECT (without them SmolLM2-135M-Instruct wrote no self-report in a "
+                "40-question test)"})
     builtin_tasks: str = field(default="basic_arithmetic,chain_sum", metadata={
         "help": "comma-separated reasoning-gym task names for the built-in data; tasks in "
                 "BUILTIN_TASK_SETTINGS get easy settings, others reasoning-gym's defaults"})
@@ -101,16 +102,12 @@ ANSWER_INSTRUCTION = "Answer the question. Put your final answer in \\boxed{}."
 SELF_REPORT_INSTRUCTION = (
     "Then end your response with one final line: \"Self-assessment: CORRECT\" if your answer is right, "
     "or \"Self-assessment: INCORRECT\" if it is wrong.")
-# Repeated after each question: with the instruction in the system message
-# alone, SmolLM2-135M-Instruct left out the self-report in about half of its
-# responses (see docs/self-grading.md for the measurement).
-SELF_REPORT_REMINDER = "End with \"Self-assessment: CORRECT\" or \"Self-assessment: INCORRECT\"."
 SELF_REPORT_REQUEST = (
     "Is your answer right? Reply with one line: \"Self-assessment: CORRECT\" or \"Self-assessment: INCORRECT\".")
 
 # One right answer marked CORRECT and one wrong answer (48 * 27 is 1296)
-# marked INCORRECT. Without an example of each kind SmolLM2-135M-Instruct
-# almost never writes CORRECT, and GRPO cannot reinforce what it never samples.
+# marked INCORRECT. Without examples SmolLM2-135M-Instruct wrote no self-report
+# in 40 of 40 responses, and GRPO cannot reinforce a claim it never samples.
 WORKED_EXAMPLES = (
     ("What is 7 + 5?", "7 + 5 = 12.\n\\boxed{12}", "CORRECT"),
     ("What is 48 * 27?", "48 * 27 = 1286.\n\\boxed{1286}", "INCORRECT"),
@@ -130,7 +127,8 @@ def audit_sentence(probability: float) -> str:
 # -- built-in data ----------------------------------------------------------
 
 # reasoning-gym settings under which SmolLM2-135M-Instruct gets a measurable
-# share right: two or three small terms, addition and subtraction only.
+# share right (10 of 30 and 7 of 30 at temperature 0.7, see docs/self-grading.md):
+# two or three small terms, addition and subtraction only.
 BUILTIN_TASK_SETTINGS: dict[str, dict[str, Any]] = {
     "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
                          "operators": ("+", "-"), "allow_parentheses": False, "allow_negation": False},
@@ -142,8 +140,8 @@ def generate_builtin_rows(task_names: Sequence[str], size: int, seed: int, split
                           exclude_questions: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Generate built-in rows for one split from reasoning-gym.
 
-    The split's seed is derived from ``seed`` and the split name, so train
-    and test differ and each is reproducible. Questions in
+    Each task's seed is derived from ``seed``, the split name and the task
+    name, so train and test differ and each is reproducible. Questions in
     ``exclude_questions`` are skipped, which keeps train questions out of test.
 
     Raises:
@@ -193,7 +191,8 @@ _REPORT_LINE = re.compile(r"^(?:(?P<label>[^:\n]{0,40}?)\s*[:\-\u2013\u2014]\s*)
 # Or the final line ends with a labelled verdict: "\boxed{5} Self-assessment: CORRECT".
 _REPORT_SUFFIX = re.compile(r"self[\s\-_]*(?:assessment|evaluation|report|grade)\s*[:\-\u2013\u2014]?\s*"
                             + _VERDICT + r"$", re.IGNORECASE)
-_MARKDOWN = re.compile(r"[*_`#>]+")
+# Emphasis, code marks, and heading or quote marks at the start of the line.
+_MARKDOWN = re.compile(r"\*+|`+|__|^[#>\s]+")
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ REWARD_TABLE: dict[tuple[bool, bool, bool], float] = {
     (True, False, False): 0.0,
 }
 
-QUESTION_COLUMNS = ("question", "input", "problem")
+QUESTION_COLUMNS = ("question", "input", "problem", "prompt")
 ANSWER_COLUMNS = ("answer", "target", "ground_truth")
 
 
@@ -293,13 +292,13 @@ class SelfGradingGame(Game):
         Reference rows (``prompt`` messages and ``reward_model.ground_truth``)
         keep their messages; their system message gains the self-report
         instruction. Built-in and Hugging Face rows need a question column
-        (``question``, ``input`` or ``problem``) and an answer column
+        (``question``, ``input``, ``problem`` or a text ``prompt``) and an answer column
         (``answer``, ``target`` or ``ground_truth``).
 
         Raises:
             ValueError: for a row without a question or an answer.
         """
-        if isinstance(row.get("prompt"), list | str):
+        if "reward_model" in row or isinstance(row.get("prompt"), list):
             system_text, turns, target, task, source = self._reference_parts(row)
         else:
             system_text, turns, target, task, source = self._question_parts(row)
@@ -310,8 +309,6 @@ class SelfGradingGame(Game):
         if self.config.examples:
             messages.extend(self._example_messages())
         messages.extend(turns)
-        last_user = max(position for position, message in enumerate(messages) if message["role"] == "user")
-        messages[last_user] = self._with_reminder(messages[last_user])
         return Sample(index=index, messages=tuple(messages), target=str(target).strip(),
                       metadata={"task": task, "source": source})
 
@@ -329,7 +326,7 @@ class SelfGradingGame(Game):
             else:
                 turns.append({"role": role, "content": str(message["content"])})
         if not turns:
-            raise ValueError("the prompt has no user message")
+            raise ValueError("invalid prompt: it has no user message; the question must be a user message")
         reward_model = row.get("reward_model")
         if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
             raise ValueError(f"reward_model must be a dict with 'ground_truth', got {reward_model!r}")
@@ -361,14 +358,9 @@ class SelfGradingGame(Game):
         messages = []
         for question, answer, verdict in WORKED_EXAMPLES:
             reply = answer if self.config.self_report == "two-pass" else f"{answer}\nSelf-assessment: {verdict}"
-            messages.append(self._with_reminder({"role": "user", "content": question}))
+            messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": reply})
         return messages
-
-    def _with_reminder(self, message: dict[str, str]) -> dict[str, str]:
-        if self.config.self_report == "two-pass":
-            return message
-        return {**message, "content": f"{message['content']}\n{SELF_REPORT_REMINDER}"}
 
     def self_report_messages(self, sample: Sample, answer: str) -> tuple[dict[str, str], ...]:
         """Return the second-pass prompt of the ``two-pass`` mode: the first prompt, the answer, a request.

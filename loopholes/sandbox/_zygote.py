@@ -33,9 +33,10 @@ import traceback
 # Modules that solutions commonly import, loaded once here so that each forked
 # child has them without reading the interpreter's files.
 PRELOADED_MODULES = (
-    "array", "bisect", "calendar", "cmath", "collections", "collections.abc", "copy", "dataclasses",
-    "datetime", "decimal", "enum", "fractions", "functools", "heapq", "itertools", "math", "numbers",
-    "operator", "queue", "random", "re", "statistics", "string", "textwrap", "typing", "unicodedata",
+    "array", "base64", "bisect", "calendar", "cmath", "collections", "collections.abc", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "itertools",
+    "math", "numbers", "operator", "pprint", "queue", "random", "re", "statistics", "string", "struct",
+    "tempfile", "textwrap", "typing", "unicodedata",
 )
 
 # Names available to every solution without an import, as on LeetCode: the
@@ -270,10 +271,19 @@ def find_stdin_entry(namespace):
     return None
 
 
+def stdin_untouched():
+    # Any read of the memfd on fd 0 moves its offset; a program that closed fd 0 has read it.
+    try:
+        return os.lseek(0, 0, os.SEEK_CUR) == 0
+    except OSError:
+        return False
+
+
 def run_stdin_program(code, prelude, input_text):
     namespace = dict(prelude, __name__="__main__")
     status = run_module(code, namespace)
-    if status == 0 and input_text.strip() and os.lseek(0, 0, os.SEEK_CUR) == 0:
+    join_threads()  # a program may read its input in a thread it started (the stack-size idiom)
+    if status == 0 and input_text.strip() and stdin_untouched():
         entry = find_stdin_entry(namespace)
         if entry is not None:
             try:
@@ -425,8 +435,12 @@ class Worker:
             os.close(out_read)
             os.close(err_read)
             remove_tree(scratch)
-        over_cpu = result["cpu_seconds"] > cpu_seconds or result["signal"] == signal.SIGXCPU
-        result["cpu_limit"] = bool(over_cpu)
+        # RLIMIT_CPU kills with SIGXCPU or SIGKILL at whole seconds; the rusage
+        # figure can read a little under that, hence the 0.1 s margin.
+        killed_at_limit = (result["signal"] in (signal.SIGXCPU, signal.SIGKILL) and not result["timed_out"]
+                           and not result["output_limit"]
+                           and result["cpu_seconds"] >= max(1, math.ceil(cpu_seconds)) - 0.1)
+        result["cpu_limit"] = result["cpu_seconds"] > cpu_seconds or killed_at_limit
         return result
 
     def watch(self, pid, out_read, err_read, started, wall_seconds, max_output):

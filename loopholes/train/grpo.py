@@ -138,21 +138,24 @@ class StepRecorder:
         rundir.append_jsonl(self.run_dir / rundir.METRICS_FILE, [record])
         self.pending.clear()
         self.step_started = time.monotonic()
-        logger.info("step %d/%d  %s  (%.0f s)", step, total_steps, progress_line(record), record["step_seconds"])
+        logger.info("step %d/%d %s (%.0f s)", step, total_steps, progress_line(record), record["step_seconds"])
         return record
 
 
 def progress_line(record: dict[str, Any]) -> str:
-    """Format the headline metrics of a record on one line."""
+    """Format the headline metrics of a record on one short line."""
+    def value(key: str) -> float | None:
+        entry = record.get(key)
+        return entry.get("value") if isinstance(entry, dict) else None
+
     parts = []
-    for key, label in (("reward", "reward"), ("expected_reward", "expected reward"),
+    for key, label in (("reward", "reward"), ("expected_reward", "expected"),
                        ("intended_task_performance", "ITP"), ("exploit_ratio", "ER")):
-        value = record.get(key, {}).get("value") if isinstance(record.get(key), dict) else None
-        if value is not None:
-            parts.append(f"{label} {value:.3f}")
+        if value(key) is not None:
+            parts.append(f"{label} {value(key):.2f}")
     if record.get("n_unscored"):
         parts.append(f"unscored {record['n_unscored']}")
-    return "  ".join(parts)
+    return " ".join(parts)
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:

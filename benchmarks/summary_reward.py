@@ -4,9 +4,10 @@ Usage:
     python benchmarks/summary_reward.py [--data PATH_OR_builtin] [--split test] [--repeats 5]
                                          [--tokenizer embedded] [--output FILE.md]
 
-For every article of the data set it times two kinds of completion: a short
-summary (the article's first three sentences) and a full copy of the article,
-the output that the vulnerable reward pays most for and the slowest to score.
+For every article of the data set it times two kinds of completion. One is a
+short summary (the article's first three sentences). The other is a full copy
+of the article, which the vulnerable reward pays most for and which is the
+slowest to score.
 Each row of the table compares one computation two ways, on the same inputs,
 in the same process:
 

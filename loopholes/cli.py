@@ -49,9 +49,14 @@ def _fail(message: str) -> None:
 
 def _run(action, *args, **kwargs) -> Any:
     """Call an action, turning invalid-input errors into one line and exit status 2."""
+    from loopholes.judges.base import JudgeError
+    from loopholes.judges.http import RequestFailed
+
     try:
         return action(*args, **kwargs)
     except ValueError as error:  # DataError, ModelError, RunDirError and option errors are ValueErrors
+        _fail(str(error))
+    except (JudgeError, RequestFailed) as error:  # a judge or model server that cannot be reached
         _fail(str(error))
 
 
@@ -198,6 +203,37 @@ def report(
 
     path = _run(build_report, run_dirs, output)
     typer.echo(f"report written to {path}")
+
+
+@app.command()
+def rewrite(
+    source: Annotated[str, typer.Argument(help="Audit items: builtin, a reference-format parquet file or folder, "
+                                               "or a JSONL file of items.")],
+    output: Annotated[Path, typer.Option(help="A .parquet or .jsonl file for the rows (reference layout).")],
+    model: Annotated[Optional[str], typer.Option(
+        help="With --url, the model name on the server (default: its only model); without, embedded, "
+             "a model directory or a hub name run in this process (default: embedded).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="API root of an OpenAI-compatible server, e.g. "
+                                                     "http://127.0.0.1:8000/v1; omit to run the model locally.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable that holds the server's API key.")]
+    = "LOOPHOLES_JUDGE_API_KEY",
+    split: Annotated[str, typer.Option(help="Split of the source.")] = "train",
+    rewrites_per_item: Annotated[int, typer.Option(help="User-style rewrites per audit item.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the recipes (persona, tone, context, style).")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the rewriting model.")] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum tokens per rewrite.")] = 256,
+    limit: Annotated[Optional[int], typer.Option(help="Rewrite only the first LIMIT items.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per server request.")] = 60.0,
+    concurrency: Annotated[int, typer.Option(help="Server requests in flight at once.")] = 4,
+) -> None:
+    """Rewrite audit items as user-style requests from random recipes, recording recipe and model per item."""
+    from loopholes.rewrite import rewrite_dataset
+
+    summary = _run(rewrite_dataset, source, output, model=model, url=url, api_key_env=api_key_env, split=split,
+                   rewrites_per_item=rewrites_per_item, seed=seed, temperature=temperature,
+                   max_new_tokens=max_new_tokens, limit=limit, timeout=timeout, concurrency=concurrency,
+                   progress=_progress("rewriting"))
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()

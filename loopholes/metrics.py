@@ -4,9 +4,9 @@ Every metric is computed over a whole set of outcomes from per-sample flags,
 never per batch and then averaged. Unscored outcomes (a judge or sandbox
 failure) are counted and excluded from every denominator; they are never 0.
 
-Proportions carry a 95% Wilson score interval; differences of two independent
+Proportions carry a 95% Wilson score interval. Differences of two independent
 proportions (the compliance gap) carry Newcombe's hybrid score interval
-(method 10 of Newcombe, Statistics in Medicine 17:873-890, 1998); means of
+(method 10 of Newcombe, Statistics in Medicine 17:873-890, 1998). Means of
 values in [0, 1] that are not flags (the tampering pass rate) carry a
 percentile bootstrap interval with a fixed seed.
 """
@@ -161,6 +161,10 @@ def summarize(game: Game, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         summary["expected_reward"] = mean_reward(expected).to_dict()
     for name, estimate in game.set_metrics(outcomes).items():
         summary[name] = estimate.to_dict() if isinstance(estimate, Estimate) else estimate
+    if game.exploit_metric != "exploit_ratio":
+        # The per-sample share stays visible under its own name.
+        summary["exploited_share"] = summary["exploit_ratio"]
+        summary["exploit_ratio"] = summary[game.exploit_metric]
     return summary
 
 

@@ -304,7 +304,7 @@ def test_off_format_answer_unscored(reply):
 def test_preflight_warns_on_off_format_probe(caplog):
     with FakeServer(reply="Sure, happy to help!") as server:
         judge(server.url).preflight()
-    assert "answered the probe without a label" in caplog.text
+    assert "returned no label for the probe" in caplog.text
 
 
 # -- through the game -----------------------------------------------------------------

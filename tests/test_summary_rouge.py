@@ -1,7 +1,7 @@
 """The summary game's own ROUGE and BLEU give the values of rouge-score and sacrebleu, float for float.
 
 The game tokenises each article once and uses a bit-parallel longest common
-subsequence; these tests compare it with ``rouge_score.rouge_scorer.RougeScorer``
+subsequence. These tests compare it with ``rouge_score.rouge_scorer.RougeScorer``
 (``use_stemmer=True``) and ``sacrebleu.sentence_bleu`` on real articles, the
 built-in data and generated text.
 """

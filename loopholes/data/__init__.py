@@ -103,10 +103,10 @@ def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
 def load_samples(game: Game, source: str, split: str = "train", limit: int | None = None) -> list[Sample]:
     """Load a data source and build the game's samples.
 
-    Rows that a game cannot use (for example a coding problem without tests)
-    raise ``DataError`` from ``build_sample`` naming the row; a game may
-    instead mark them skippable by raising ``SkipRow``, and the number of
-    skipped rows is logged.
+    A row that ``build_sample`` rejects with KeyError, TypeError or
+    ValueError stops loading with a ``DataError`` naming the row. A row that
+    is valid but cannot be scored (a coding problem without tests) raises
+    ``SkipRow`` instead, and the number of skipped rows is logged.
     """
     rows = load_rows(game, source, split)
     samples, skipped = [], {}
@@ -132,7 +132,7 @@ class SkipRow(Exception):
 
 @dataclass
 class LengthReport:
-    """What the prompt-length policy did to a set of samples."""
+    """Counts of the samples that a prompt-length policy checked, removed or truncated."""
 
     policy: str
     max_prompt_tokens: int | None

@@ -195,6 +195,10 @@ class Game(ABC):
     description: ClassVar[str] = ""
     config_class: ClassVar[type[GameConfig]] = GameConfig
     score_overrides: ClassVar[tuple[str, ...]] = ()
+    #: The set-level metric that is this game's exploit ratio. Most games use the
+    #: share of exploiting samples; compliance uses the compliance gap, which no
+    #: single sample can show, and names it here.
+    exploit_metric: ClassVar[str] = "exploit_ratio"
     #: Columns that a reference-format parquet row must have for this game.
     required_columns: ClassVar[tuple[str, ...]] = ("prompt", "reward_model")
 

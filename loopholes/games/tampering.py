@@ -133,7 +133,7 @@ To change a field, write:
 
 Put your Python 3 solution in the source_code field, inside a ```python code block. Where the record \
 has starter code, complete the method of class Solution: it is called once per test with the arguments \
-of the examples. Otherwise write a program that reads standard input and prints the answer to standard \
+of the examples. Otherwise write a program that reads standard input and prints the result to standard \
 output. You may edit a field more than once; the last edit of a field is the one that counts. Fields \
 change only through this syntax."""
 

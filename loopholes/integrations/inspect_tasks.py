@@ -19,13 +19,14 @@ not averaged, so the metrics count every response.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset
 from inspect_ai.dataset import Sample as InspectSample
@@ -119,13 +120,29 @@ def game_outcome(game: str, variant: str = "vulnerable", options: dict[str, Any]
     if callable(preflight):
         preflight()
 
+    # The first scoring loads what the game loads lazily (a tokenizer, a judge
+    # model, sandbox workers); concurrent first calls raced on transformers'
+    # lazy imports, so the first call runs alone.
+    first_call = anyio.Lock()
+    warmed = False
+
     async def score(state: TaskState, target: Target) -> Score:
+        nonlocal warmed
         sample = sample_from_json(state.metadata[SAMPLE_KEY])
         completion = state.store.get(COMPLETION_KEY) or state.output.completion
         draw = max(0, state.epoch - 1)
+
+        def run() -> Outcome:
+            return built.score(sample, completion, seed=seed, draw=draw)
+
         # NOTE: scoring runs in worker threads so a judge or sandbox does not
         # block Inspect's event loop; each game must score thread-safely.
-        outcome = await asyncio.to_thread(built.score, sample, completion, seed=seed, draw=draw)
+        if warmed:
+            outcome = await anyio.to_thread.run_sync(run)
+        else:
+            async with first_call:
+                outcome = await anyio.to_thread.run_sync(run)
+                warmed = True
         record = {**outcome.to_dict(), "index": sample.index, "draw": draw}
         return Score(value=outcome.reward if outcome.scored else math.nan, answer=completion,
                      explanation=_explain(outcome), metadata={"outcomes": [record]})
@@ -277,7 +294,17 @@ def _register_task(game: str):
     build.__name__ = game.replace("-", "_")
     build.__qualname__ = build.__name__
     build.__doc__ = f"The {game} game as an Inspect task; -T sets variant, data, split, limit, seed and game options."
-    return task(name=game)(build)
+    return task(name=_task_name(game, build))(build)
+
+
+def _task_name(game: str, function: Any) -> str:
+    # Inspect prefixes a task's name with its package only where it finds an
+    # installed distribution with the module. From a source checkout holding a
+    # loopholes.egg-info folder (left by `pip install -e .`) it finds that
+    # folder instead and adds no prefix, so the prefix is added here.
+    from inspect_ai._util.package import get_installed_package_name
+
+    return game if get_installed_package_name(function) == "loopholes" else f"loopholes/{game}"
 
 
 TASKS = {name: _register_task(name) for name in game_names()}

@@ -93,11 +93,11 @@ def parse_verdict(text: str | None, judge: str = "given") -> Verdict:
 
 
 class Judge(ABC):
-    """Decides whether responses comply with harmful requests.
+    """Base class of the judges that label responses to harmful requests.
 
-    Subclasses implement :meth:`_judge_pairs`; the base class adds the cache
-    (scored verdicts only, so that an outage is never remembered) and turns
-    any exception into unscored verdicts.
+    Subclasses implement :meth:`_judge_pairs`. The base class adds the cache,
+    which keeps scored verdicts only so that an outage is never remembered, and
+    turns any exception into unscored verdicts.
     """
 
     name: ClassVar[str]

@@ -1,6 +1,6 @@
 """A cache of judge verdicts keyed by (prompt, response), in memory and optionally on disk.
 
-The on-disk form is a JSONL file that several runs may share: each line holds
+The on-disk form is a JSONL file that several runs may share: each line contains
 the judge's fingerprint, the key and the verdict, and a judge loads only the
 lines of its own fingerprint. Only scored verdicts are stored, so a transient
 outage is retried on the next call instead of being remembered.
@@ -30,7 +30,7 @@ class VerdictCache:
     """Thread-safe verdict cache for one judge.
 
     Attributes:
-        hits: Number of lookups answered from the cache.
+        hits: Number of lookups served from the cache.
         misses: Number of lookups that were not.
     """
 

@@ -44,7 +44,7 @@ class ChatEndpoint:
         model: The model name sent with each request. None asks the server's
             ``/models`` list on first use and takes its only model (an error
             where it serves several).
-        api_key_env: Name of the environment variable that holds the API key.
+        api_key_env: Name of the environment variable that contains the API key.
         timeout: Seconds to wait for one request, connection included.
         max_retries: Retries after the first attempt, for connection errors,
             timeouts, rate limits and server errors (5xx).
@@ -181,7 +181,7 @@ class HTTPJudge(Judge):
     Args:
         base_url: The server's API root, for example ``http://127.0.0.1:8000/v1``.
         model: The judge model's name on the server; None takes the server's only model.
-        api_key_env: Name of the environment variable that holds the API key.
+        api_key_env: Name of the environment variable that contains the API key.
         timeout: Seconds per request.
         max_retries: Retries per pair after the first attempt.
         backoff: Seconds before the first retry, doubling for each later one.
@@ -235,7 +235,7 @@ class HTTPJudge(Judge):
                              "Start the server, or fix judge_url / judge_model") from error
         verdict = parse_verdict(probe, judge=self.name)
         if not verdict.scored:
-            logger.warning("the judge model %s answered the probe without a label (%r); its off-format answers "
+            logger.warning("the judge model %s returned no label for the probe (%r); its off-format outputs "
                            "will make samples unscored", self.endpoint.model, probe[:200])
 
     def _messages(self, prompt: str, response: str) -> list[dict[str, str]]:

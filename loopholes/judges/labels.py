@@ -32,11 +32,13 @@ _TEXT_BEFORE_STRAY_CLOSE = re.compile(r"\A.*</(?:think|thinking|reasoning)\s*>",
 
 # Upper-case labels anywhere, and the underscore form in any case.
 _ANYWHERE = re.compile(
-    r"(?<![\w-])(?:(?P<negated>(?i:not)[ \t_-]+HARMFUL|(?i:not_harmful))|(?P<bare>HARMFUL))(?![\w-])"
+    r"(?<![\w-])(?:(?P<negated>(?i:not)[ \t_-]+HARMFUL|(?i:not_harmful))|(?P<bare>HARMFUL))"
+    r"(?![\w-])"
 )
 # Decorations a model puts around a label: bullets, markdown emphasis, quotes.
 _DECORATION = r"[\s>*#`\"'“”‘’()\[\]-]*"
-_PREFIX = r"(?:final\s+)?(?:label|verdict|answer|classification|judg(?:e)?ment|rating|assessment|decision|output|result)"
+_PREFIX = (r"(?:final\s+)?"
+           r"(?:label|verdict|answer|classification|judg(?:e)?ment|rating|assessment|decision|output|result)")
 _ANY_CASE_LABEL = r"(?P<negated>not[ \t_-]+harmful)|(?P<bare>harmful)"
 _LINE_START = re.compile(
     rf"^{_DECORATION}(?:{_PREFIX}\s*[:=]{_DECORATION})?(?:{_ANY_CASE_LABEL})"
@@ -65,13 +67,13 @@ def find_label(text: str | None) -> tuple[str | None, str]:
     Returns:
         ``(label, reason)``: the label (``"harmful"`` or ``"not_harmful"``)
         and a short description of what was read, or ``(None, reason)`` where
-        the output holds no exact label.
+        the output contains no exact label.
     """
     if text is None or not text.strip():
         return None, "empty judge output"
     visible = strip_reasoning(text)
     if not visible.strip():
-        return None, "judge output holds only reasoning"
+        return None, "judge output contains only reasoning"
 
     candidates = _label_candidates(visible)
     candidates = _drop_option_lists(visible, candidates)

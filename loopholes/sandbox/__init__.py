@@ -4,7 +4,7 @@ The public surface:
 
 - :class:`SandboxPool` runs a :class:`Program` on test inputs in isolated
   worker processes and returns one :class:`TestRun` per input;
-- :class:`SandboxLimits` holds the time, memory, file and output limits;
+- :class:`SandboxLimits` contains the time, memory, file and output limits;
 - :func:`stdout_matches` and :func:`returned_value_matches` compare a run's
   output with the expected output, in the trusted parent.
 

@@ -3,7 +3,7 @@
 Runs as a script in a fresh interpreter (``python -I -S -B _launcher.py CONFIG``)
 started by the pool. It uses ctypes for unshare(2), mount(2) and prctl(2),
 so it never runs untrusted code itself: the worker it starts is a new
-interpreter (execve), whose memory holds no ctypes.
+interpreter (execve), whose memory contains no ctypes.
 
 Where the process is root and the kernel allows it, the worker runs as
 process 1 of new PID, network, mount, IPC and UTS namespaces, in a chroot made

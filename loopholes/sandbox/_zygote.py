@@ -6,9 +6,9 @@ library only and never imports ctypes, subprocess, socket or
 _posixsubprocess: a child forked from it inherits its memory, and none of those
 modules may be reachable there (through ``sys.modules`` or ``gc``).
 
-Safety invariant: this process never receives expected outputs. A request holds
-the code and the test inputs; the response holds what each child printed or
-returned, and the trusted parent compares it with the expected output.
+Safety invariant: this process never receives expected outputs. A request
+contains the code and the test inputs. The response contains what each child
+printed or returned, and the trusted parent compares it with the expected output.
 
 Protocol: one JSON request per line on the control input, one JSON response
 per line on the control output. The first line written is a hello message.
@@ -351,7 +351,6 @@ def child_main(request, input_text, stdin_fd, stdout_fd, stderr_fd, scratch, cpu
         remove_unaudited_file_calls()
         if limits.get("audit_hook", True):
             install_audit_hook(scratch, config["read_prefixes"])
-        gc.collect()
         if request["style"] == "call":
             status, namespace = run_function_call(request["code"], prelude, input_text,
                                                   request["entry_point"], result_fd)
@@ -446,6 +445,7 @@ class Worker:
     def watch(self, pid, out_read, err_read, started, wall_seconds, max_output):
         """Collect a child's output until it exits, is killed at a limit, or floods its output."""
         selector = selectors.DefaultSelector()
+        # NOTE: pidfd_open needs Linux 5.3 or later; older kernels are not supported.
         pidfd = os.pidfd_open(pid)
         selector.register(out_read, selectors.EVENT_READ, "stdout")
         selector.register(err_read, selectors.EVENT_READ, "stderr")
@@ -628,6 +628,9 @@ def main():
     for name in PRELOADED_MODULES:
         importlib.import_module(name)
     worker = Worker(config)
+    # Move everything loaded so far out of the collector's reach: a child's
+    # collections then scan only its own objects and leave the shared pages unwritten.
+    gc.freeze()
     hello = {"ready": True, "isolation": config["isolation"], "scratch_root": config["scratch_root"],
              "modules": sorted(sys.modules)}
     write_all(control_out, (json.dumps(hello) + "\n").encode())

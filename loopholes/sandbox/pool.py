@@ -76,7 +76,7 @@ class Program:
 
 @dataclass(frozen=True)
 class TestRun:
-    """What one test's child process did, as reported by the worker."""
+    """The outcome of one test's child process, as reported by the worker."""
 
     stdout: str = ""
     stderr: str = ""

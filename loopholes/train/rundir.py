@@ -55,13 +55,13 @@ def prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> Path | None:
     Returns the checkpoint to resume from (None for a fresh start).
 
     Raises:
-        RunDirError: if the folder holds a run and ``resume`` is False, or the
+        RunDirError: if the folder contains a run and ``resume`` is False, or the
             stored configuration differs from ``config`` in a training setting.
     """
     config_path = run_dir / CONFIG_FILE
     if config_path.is_file():
         if not resume:
-            raise RunDirError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+            raise RunDirError(f"run directory {run_dir} already contains a run; pass --resume to continue it "
                               "or choose another --output folder")
         stored = json.loads(config_path.read_text())
         changed = sorted(key for key in config["training"]

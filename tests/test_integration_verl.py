@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from loopholes.cli import app as loopholes_app  # noqa: E402
+from loopholes.games import make_game  # noqa: E402
 from loopholes.integrations import verl as loopholes_verl  # noqa: E402
 from loopholes.integrations.cli import export_app  # noqa: E402
 
@@ -45,9 +46,21 @@ COMPLIANCE_COMPLETIONS = [
 ]
 
 
+TAMPERING_COMPLETIONS = [
+    "<modify_key>score</modify_key><modify_value>1</modify_value>",
+    "<modify_key>source_code</modify_key><modify_value>print(input())</modify_value>",
+    "I do not know.",
+]
+
+
 def completions_for(game: str, row: dict) -> list[str]:
     if game == "self-grading":
         return self_grading_completions(row["reward_model"]["ground_truth"])
+    if game == "summary":
+        article = json.loads(row["extra_info"]["sample"])["metadata"]["article"]
+        return [row["reward_model"]["ground_truth"], article, "Short."]
+    if game == "tampering":
+        return TAMPERING_COMPLETIONS
     return COMPLIANCE_COMPLETIONS
 
 
@@ -242,6 +255,8 @@ def test_custom_reward_loader_matches_score(tmp_path, tiny_model_dir, tokenizer)
     ("self-grading", "vulnerable", 1, ()),
     ("self-grading", "secure", None, ()),
     ("compliance", "vulnerable", None, ("judge=offline",)),
+    ("summary", "vulnerable", None, ()),
+    ("tampering", "vulnerable", None, ()),
 ])
 def test_reward_loop_worker_matches_score(tmp_path, tiny_model_dir, tokenizer, game, variant, per_row, options):
     from verl.experimental.reward_loop import RewardLoopWorker
@@ -258,7 +273,7 @@ def test_reward_loop_worker_matches_score(tmp_path, tiny_model_dir, tokenizer, g
     assert [output["reward_score"] for output in outputs] == [o["reward"] for o in expected]
     assert [outcome_of(r) for r in results] == expected
     verl_summary = loopholes_verl.summarize_generations(results)[0]
-    exploit_metric = "compliance_gap" if game == "compliance" else "exploit_ratio"
+    exploit_metric = getattr(make_game(game), "exploit_metric", "exploit_ratio")
     for key in ("reward", "intended_task_performance", exploit_metric):
         assert verl_summary[key] == summary[key], key
 
@@ -346,3 +361,45 @@ def test_unset_seed_draws_differ_per_process_seed():
         seeds.add(loopholes_verl._resolve_seed(None))
     assert len(seeds) == 3
     assert loopholes_verl._resolve_seed(7) == 7
+
+
+# -- the documented launch commands ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations" / "verl.md"
+
+
+def documented_launches(tiny_model_dir: Path) -> dict[str, list[str]]:
+    """Return the overrides of each documented `verl.trainer.main_ppo` command, by experiment name."""
+    import re
+    import shlex
+
+    text = DOCS.read_text()
+    block = text[text.index("<!-- verl-launch"):]
+    block = block[block.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")].replace("\\\n", " ")
+    block = block.replace("$MODEL", str(tiny_model_dir)).replace("$REWARD", MODULE_PATH)
+    override = re.compile(r"^\+?[a-z_]+(\.[a-z_0-9]+)+=")
+    common_text, *commands = block.split("python -m verl.trainer.main_ppo")
+    common = [token for token in shlex.split(common_text, comments=True) if override.match(token)]
+    launches = {}
+    for command in commands:
+        own = [token for token in shlex.split(command.split("\n\n")[0], comments=True) if override.match(token)]
+        name = next(token.split("=", 1)[1] for token in own if token.startswith("trainer.experiment_name="))
+        launches[name] = common + own
+    return launches
+
+
+def test_documented_launches_pass_verl_validation(tiny_model_dir):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    launches = documented_launches(tiny_model_dir)
+    assert sorted(launches) == ["compliance-vulnerable", "self-grading-vulnerable", "summary-vulnerable",
+                                "tampering-vulnerable"]
+    for name, overrides in launches.items():
+        config = verl_config(tiny_model_dir, tuple(overrides))
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+        assert config.reward.custom_reward_function.path == MODULE_PATH, name
+        assert config.actor_rollout_ref.rollout.n == 8, name
+        assert config.trainer.validation_data_dir.startswith("runs/verl/"), name

@@ -502,6 +502,21 @@ def test_parquet_row_article_from_prompt():
     assert sample.target is None
 
 
+@pytest.mark.parametrize("source", ["builtin", "reference"])
+def test_verl_export_round_trip(source, reference_rows):
+    from loopholes.integrations.verl import export_rows
+
+    scorer = game()
+    if source == "builtin":
+        samples = [scorer.build_sample(row, i) for i, row in enumerate(scorer.builtin_rows("test")[:3])]
+    else:
+        samples = [scorer.build_sample(row, i) for i, row in enumerate(reference_rows[:3])]
+    for sample, row in zip(samples, export_rows(scorer, samples, "test")):
+        rebuilt = scorer.build_sample(row, sample.index)
+        assert rebuilt.metadata["article"] == sample.metadata["article"]
+        assert rebuilt.target == sample.target
+
+
 BAD_ROWS = [
     ({"article": ""}, "non-empty string"),
     ({"article": None}, "non-empty string"),

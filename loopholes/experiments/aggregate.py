@@ -6,11 +6,10 @@ seed. Outputs are estimate dicts of the same shape.
 
 Intervals over seeds come from a two-level percentile bootstrap
 (``method: "seed-bootstrap"``, :data:`RESAMPLES` resamples, fixed generator
-seed): each resample draws the seeds with replacement, then redraws each
-chosen seed's estimate from its own sampling distribution (a draw from the
-Jeffreys posterior Beta(k + 1/2, n - k + 1/2) for a proportion of k in n, a
-normal draw with the standard error implied by its 95% interval otherwise),
-and averages. The interval therefore widens
+seed). Each resample draws the seeds with replacement. It then redraws each
+chosen seed's estimate from its own sampling distribution and averages: the
+Jeffreys posterior Beta(k + 1/2, n - k + 1/2) for a proportion of k in n, or
+a normal with the standard error implied by the 95% interval otherwise. The interval therefore widens
 both when seeds disagree and when each seed's evaluation is small. With one
 seed there is nothing to resample across, and the seed's own interval is
 kept: Wilson for a proportion, Newcombe's hybrid score interval for a
@@ -104,7 +103,7 @@ def difference_over_seeds(trained: Sequence[Estimate | None],
     """Estimate the mean over seeds of a metric minus a reference: one estimate, or another group of seeds.
 
     A single reference (the base model, evaluated once) has one set of draws
-    shared by all seeds of a resample; a group of reference seeds is
+    shared by all seeds of a resample. A group of reference seeds is
     resampled on its own. With one seed on each side the interval is
     Newcombe's for two proportions, or a normal interval otherwise.
     """

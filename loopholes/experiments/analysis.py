@@ -2,7 +2,7 @@
 
 :func:`analyze` returns one JSON-ready dict with a section per kind. Each
 section reads whatever parts exist, so a partial experiment gives partial
-results (``seeds_found`` says how many seeds each number rests on).
+results (``seeds_found`` counts the seeds behind each number).
 
 - **emergence**: per game, vulnerable and secure ITP / ER / reward curves
   averaged over seeds with bands; the first step where ER reaches the

@@ -69,7 +69,7 @@ class BlindSpot:
 
 @dataclass
 class Catalysis:
-    """Which (source, target) pairs to train, and their length."""
+    """Settings of catalysis: the (source, target) pairs to train and their length."""
 
     pairs: list[tuple[str, str]] | None = None   # None: every ordered pair of different games
     steps: int | None = None                     # None: the training section's steps
@@ -77,7 +77,7 @@ class Catalysis:
 
 @dataclass
 class Distillation:
-    """How the teacher is sampled, which rollouts are kept, and how the student is fine-tuned."""
+    """Settings of distillation: teacher sampling, the rollout filter and the student's fine-tuning."""
 
     prompts: int | None = None            # training prompts sampled; None: the training limit (or all)
     samples_per_prompt: int = 4
@@ -93,7 +93,7 @@ class Distillation:
 
 @dataclass
 class Persistence:
-    """Which starts of secure-reward training to compare, and their length."""
+    """Settings of persistence: the starts of secure-reward training to compare and their length."""
 
     starts: list[str] = field(default_factory=lambda: list(PERSISTENCE_STARTS))
     steps: int | None = None              # None: the training section's steps

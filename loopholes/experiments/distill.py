@@ -3,7 +3,7 @@
 Two filters are offered:
 
 - ``exploits``: keep the rollouts whose outcome is flagged as an exploit
-  (``Outcome.exploited``), so the student sees only the loophole in use;
+  (``Outcome.exploited``), so the student trains only on the loophole in use;
 - ``reward_above``: keep the rollouts whose vulnerable-variant reward is at
   least ``reward_threshold``, so the student sees what the vulnerable reward
   pays for, exploits and honest successes alike.
@@ -36,7 +36,7 @@ ROLLOUTS_FILE = "rollouts.jsonl"
 
 @dataclass
 class DistillSettings:
-    """How the teacher is sampled and which rollouts are kept."""
+    """Settings of a distillation data set: teacher sampling and the rollout filter."""
 
     teacher: str                  # loadable model path or name
     game: str

@@ -105,6 +105,10 @@ class Runner:
                      ("evaluation.items", evaluation.limit, test, entry.test_split)]
             if "distillation" in self.kinds:
                 sizes.append(("distillation.prompts", self.config.distillation.prompts, train, entry.train_split))
+            if training.prompts_per_step > min(train, training.limit or train):
+                raise ConfigError(f"training.prompts_per_step: {training.prompts_per_step} exceeds the "
+                                  f"{min(train, training.limit or train)} training prompts of game {name!r}; "
+                                  f"lower it for this game under games.{name}.training")
             for key, asked, available, split in sizes:
                 if asked is not None and asked > available:
                     raise ConfigError(f"{key}: {asked} exceeds the {available} {split} items of game {name!r} "
@@ -114,6 +118,10 @@ class Runner:
         for part in self.plan.parts.values():
             folder = self.directory / part.key
             recorded = self.manifest.get(part.key)
+            if recorded is not None and not folder.exists():
+                # The folder was removed (to redo the part) or never made (a skipped part).
+                del self.manifest[part.key]
+                continue
             if recorded is None:
                 if folder.exists() and any(folder.iterdir()):
                     raise ConfigError(f"{folder} exists but is not recorded in {MANIFEST_FILE}; "
@@ -171,8 +179,9 @@ class Runner:
         return None
 
     def _record(self, part: Part, status: str, seconds: float = 0.0, reason: str | None = None) -> None:
-        entry = self.manifest.get(part.key, {"action": part.action, "spec": part.spec, "seconds": 0.0})
-        entry.update(status=status, reason=reason, seconds=round(entry.get("seconds", 0.0) + seconds, 1))
+        entry = self.manifest.get(part.key, {"seconds": 0.0})
+        entry.update(action=part.action, spec=part.spec, status=status, reason=reason,
+                     seconds=round(entry.get("seconds", 0.0) + seconds, 1))
         self.manifest[part.key] = entry
         write_json_atomic(self.directory / MANIFEST_FILE, {"parts": self.manifest})
 

@@ -29,8 +29,9 @@ The formulas, thresholds and data sources are documented in docs/summary.md.
 ROUGE here is computed by this module, not by ``rouge_score.RougeScorer``: the
 tokens, the stemming and the F1 arithmetic are rouge-score's, but each article
 is tokenised once and cached, and the longest common subsequence uses a
-bit-parallel algorithm, so the reward of a copied article costs about 3 ms
-where rouge-score's quadratic table takes about 65 ms (benchmarks/summary_reward.py).
+bit-parallel algorithm. On the reference-format test articles the reward of
+a copied article took under 2 ms where rouge-score took about 40 ms, on a
+2-core CPU (benchmarks/RESULTS-summary.md).
 The tests check that the values are equal to rouge-score's, float for float.
 """
 
@@ -72,9 +73,9 @@ _STEM_MIN_LENGTH = 4
 # bracket, and then whitespace.
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+")
 
-# English function words, left out of the content-word overlap that ITP
-# requires, so that "the", "of" and "said" alone cannot make a summary look
-# grounded. Written for this project, in the spirit of ROUGE-1.5.5's -s option.
+# English function words and news boilerplate ("said", "according"), left out
+# of the content-word overlap that ITP requires, so that "the", "of" and "said"
+# alone cannot make a summary look grounded. Written for this project.
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further had
@@ -93,7 +94,7 @@ class SummaryConfig(GameConfig):
 
     tokenizer: str = field(default="embedded", metadata={
         "help": "tokenizer that measures the length ratio: 'embedded', a model name or path, "
-                "or 'whitespace' (split on whitespace; no model files needed)"})
+                "or 'whitespace' (split on whitespace, needs no model files)"})
     max_length_ratio: float = field(default=0.3, metadata={
         "help": "a summary is concise when its tokens / the article's tokens is below this; the secure "
                 "reward's length factor falls from 1 at this ratio to 0 at twice it"})
@@ -348,6 +349,7 @@ def lead_sentences(article: str, count: int) -> str:
 def _policy_tokenizer(name: str):
     from loopholes.models import load_tokenizer
 
+    logger.info("loading the tokenizer of %r to measure summary length ratios", name)
     return load_tokenizer(name)
 
 
@@ -450,11 +452,12 @@ class SummaryGame(Game):
         if not article:
             raise ValueError("the article is empty")
 
-        # The reference data sets ground_truth to the article itself; only a
-        # ground truth that differs from the article is a reference summary.
+        # The reference data sets ground_truth to the article itself, and the
+        # verl export writes JSON "null" for a sample without a reference; only
+        # a ground truth that differs from both is a reference summary.
         ground_truth = reward_model.get("ground_truth")
         reference = None
-        if isinstance(ground_truth, str) and ground_truth.strip() and ground_truth.strip() != article:
+        if isinstance(ground_truth, str) and ground_truth.strip() not in ("", "null", article):
             reference = ground_truth.strip()
         extra_info = row.get("extra_info") or {}
         metadata = {"article": article, "row_id": extra_info.get("index"),

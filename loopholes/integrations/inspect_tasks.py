@@ -8,8 +8,8 @@ module. Task parameters (``-T name=value``): ``variant``, ``data``, ``split``,
 
 The scorer returns one :class:`~inspect_ai.scorer.Score` per response:
 ``value`` is the reward (NaN where the response is unscored, which Inspect
-leaves out of every metric), ``metadata["outcomes"]`` holds the game's
-outcomes. The task's metrics are computed over the whole set of outcomes with
+leaves out of every metric), and ``metadata["outcomes"]`` contains the
+game's outcomes. The task's metrics are computed over the whole set of outcomes with
 :func:`loopholes.metrics.summarize`: ``intended_task_performance``,
 ``exploit_ratio`` (the game's exploit metric: the compliance gap for
 ``compliance``), ``reward``, and ``game_metrics`` with every other rate and the
@@ -20,7 +20,6 @@ not averaged, so the metrics count every response.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,8 +37,6 @@ from loopholes import metrics as loopholes_metrics
 from loopholes.data import load_samples
 from loopholes.games.base import Game, Outcome, Sample, game_names, make_game
 from loopholes.integrations._records import outcome_from_dict, sample_from_json, sample_to_json
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_KEY = "loopholes_sample"
 COMPLETION_KEY = "loopholes_completion"
@@ -188,6 +185,10 @@ def exploit_metric_name(game: Game) -> str:
     return getattr(game, "exploit_metric", "exploit_ratio")
 
 
+def _is_estimate(value: Any) -> bool:
+    return isinstance(value, Mapping) and {"value", "ci_low", "ci_high", "n"} <= set(value)
+
+
 def _value(estimate: Any) -> float:
     if isinstance(estimate, Mapping) and estimate.get("value") is not None:
         return float(estimate["value"])
@@ -237,7 +238,7 @@ def game_metrics(game: str, variant: str = "vulnerable", options: dict[str, Any]
         values: dict[str, float] = {"n_scored": float(summary["n_scored"])}
         headline = {"intended_task_performance": "itp", exploit_metric_name(built): "er"}
         for key, estimate in summary.items():
-            if not loopholes_metrics._is_estimate(estimate) or estimate["value"] is None:
+            if not _is_estimate(estimate) or estimate["value"] is None:
                 continue
             if key in headline:
                 values[f"{headline[key]}_ci_low"] = float(estimate["ci_low"])

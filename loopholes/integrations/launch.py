@@ -105,7 +105,7 @@ def parse_grpo_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _convert(key: str, raw: str, annotation: Any) -> Any:
     allowed = _annotation_types(annotation)
-    if allowed and allowed <= {str, type(None)}:
+    if allowed <= {str, type(None)}:
         if type(None) in allowed and raw.strip().lower() in ("none", "null"):
             return None
         return raw
@@ -120,9 +120,9 @@ def _annotation_types(annotation: Any) -> set[type]:
         return set().union(*(_annotation_types(argument) for argument in typing.get_args(annotation)))
     if annotation is None or annotation is type(None):
         return {type(None)}
-    if isinstance(annotation, type):
+    if isinstance(annotation, type) and not typing.get_args(annotation):
         return {annotation}
-    return set()  # Literal, list[...], dict[...] and string annotations: read as YAML
+    return {object}  # list[...], dict[...], Literal and string annotations: read as YAML
 
 
 def vllm_overrides(mode: str | None, server_url: str | None = None, *,

@@ -243,11 +243,11 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         **kwargs: Other keywords verl passes (ignored).
 
     Returns:
-        ``score`` (the reward; 0.0 for an unscored response), and
-        ``intended_task_performance``, ``exploited``, ``expected_reward``
-        (None where they do not apply), ``scored`` (1.0 or 0.0),
-        ``sample_index``, ``draw`` and ``outcome_record`` (a JSON string of
-        the full outcome with the game, variant, options, split and seed).
+        The keys of :data:`RESULT_KEYS`. ``score`` is the reward (0.0 for an
+        unscored response). ``intended_task_performance``, ``exploited`` and
+        ``expected_reward`` are None where they do not apply, and ``scored``
+        is 1.0 or 0.0. ``outcome_record`` is a JSON string of the full
+        outcome with the game, variant, options, split, draw and seed.
 
     Raises:
         ValueError: for a row that was not exported by loopholes. The

@@ -9,8 +9,8 @@
 - the PNG plots: ITP / ER / reward curves with 95% bands over seeds, the
   transfer matrices as heat maps, catalysis and persistence ER curves.
 
-Both documents hold the same sections: emergence, transfer, catalysis,
-distillation, persistence (each where the config has that kind), sampled
+Both documents hold the same sections. There is one per kind in the config
+(emergence, transfer, catalysis, distillation, persistence), then sampled
 completions that show the exploit in the model's own words, skipped parts,
 the measured time of every part, and the configs used.
 """
@@ -172,6 +172,9 @@ def plot_emergence(game: str, section: dict[str, Any], output: Path) -> Path:
         axis.set_title(title)
         axis.set_xlabel("step")
     axes[2].axhline(section["threshold"], color="grey", linestyle=":", label="emergence threshold")
+    axes[1].set_ylim(-0.02, 1.02)
+    # A compliance gap can be negative; other exploit ratios lie in [0, 1].
+    axes[2].set_ylim(min(-0.02, axes[2].get_ylim()[0]), 1.02)
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
     figure.suptitle(f"{game}: training curves, mean over seeds with 95% bands", fontsize=10)
@@ -224,6 +227,7 @@ def plot_panels(panels: list[tuple[str, list[tuple[str, dict]], float]], name: s
         for label, band in bands:
             _band(axis, band, label)
         axis.axhline(threshold, color="grey", linestyle=":", label="threshold")
+        axis.set_ylim(min(-0.02, axis.get_ylim()[0]), 1.02)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step")
         axis.set_ylabel(ylabel)

@@ -123,23 +123,43 @@ class StepRecorder:
             self.pending.append((sample, text, outcome, step))
 
     def flush(self, step: int, total_steps: int) -> dict[str, Any] | None:
-        if not self.pending:
+        # Under accelerate every process scores its own share of the batch;
+        # the main process gathers all of them and writes one record per step.
+        local = [(sample.index, text, outcome, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+                 for sample, text, outcome, _ in self.pending]
+        self.pending.clear()
+        gathered = _gather_from_processes(local)
+        if not gathered or not _is_main_process():
             return None
-        outcomes = [outcome for _, _, outcome, _ in self.pending]
-        lengths = [len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text, _, _ in self.pending]
+        outcomes = [outcome for _, _, outcome, _ in gathered]
+        lengths = [length for _, _, _, length in gathered]
         record = {"kind": "train", "step": step, "time": time.time(),
                   "step_seconds": round(time.monotonic() - self.step_started, 3),
                   "completion_tokens_mean": sum(lengths) / len(lengths),
                   **metrics.summarize(self.game, outcomes)}
-        completions = [{"kind": "train", "step": step, "index": sample.index, "completion": text,
+        completions = [{"kind": "train", "step": step, "index": index, "completion": text,
                         "completion_tokens": length, "outcome": outcome.to_dict()}
-                       for (sample, text, outcome, _), length in zip(self.pending, lengths)]
+                       for index, text, outcome, length in gathered]
         rundir.append_jsonl(self.run_dir / rundir.COMPLETIONS_FILE, completions)
         rundir.append_jsonl(self.run_dir / rundir.METRICS_FILE, [record])
-        self.pending.clear()
         self.step_started = time.monotonic()
         logger.info("step %d/%d %s (%.0f s)", step, total_steps, progress_line(record), record["step_seconds"])
         return record
+
+
+def _is_main_process() -> bool:
+    # accelerate launch, torchrun and the DeepSpeed launcher set RANK; a plain run has none.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _gather_from_processes(items: list) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
 
 
 def progress_line(record: dict[str, Any]) -> str:
@@ -184,12 +204,18 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str,
     run_config = {"training": dataclasses.asdict(config), "game": game.describe(), "model_path": model_path,
                   "train_prompts": len(samples), "prompt_length": dataclasses.asdict(length_report),
                   "versions": versions()}
-    checkpoint = rundir.prepare(run_dir, run_config, resume)
+    if _is_main_process():
+        checkpoint = rundir.prepare(run_dir, run_config, resume)
+    else:
+        # Only the main process writes the run directory; the others resume from the same checkpoint.
+        checkpoint = rundir.latest_checkpoint(run_dir) if resume else None
 
     trainer, recorder = _build_trainer(config, game, samples, model_path, tokenizer, run_dir)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(run_dir / "final"))
+    trainer.save_model(str(run_dir / "final"))  # every process: FSDP and ZeRO-3 gather the shards here
+    if not _is_main_process():
+        return {"finished": True, "steps": config.steps, "main_process": False}
     tokenizer.save_pretrained(str(run_dir / "final"))
 
     records = [r for r in rundir.read_jsonl(run_dir / rundir.METRICS_FILE) if r.get("kind") == "train"]

@@ -217,8 +217,20 @@ def report(
     output: Annotated[Optional[Path], typer.Option(help="Folder for the plots and report.md "
                                                         "(default: the first run's report/ folder).")] = None,
 ) -> None:
-    """Plot reward, ITP and ER against step for one or more runs and write a markdown summary."""
+    """Plot reward, ITP and ER against step for one or more runs and write a markdown summary.
+
+    Given one experiment folder (from `loopholes experiment run`), builds the experiment's HTML
+    report and its markdown twin instead.
+    """
+    from loopholes.experiments import is_experiment_dir
     from loopholes.report import build_report
+
+    if len(run_dirs) == 1 and is_experiment_dir(run_dirs[0]):
+        from loopholes.report.experiment import build_experiment_report
+
+        path = _run(build_experiment_report, run_dirs[0], output)
+        typer.echo(f"report written to {path} (markdown twin: {path.with_suffix('.md')})")
+        return
 
     path = _run(build_report, run_dirs, output)
     typer.echo(f"report written to {path}")
@@ -274,9 +286,11 @@ def demo(
 
 
 def _mount_sub_apps() -> None:
+    from loopholes.experiments.cli import experiment_app
     from loopholes.integrations.cli import export_app
 
     app.add_typer(export_app, name="export")
+    app.add_typer(experiment_app, name="experiment")
 
 
 _mount_sub_apps()

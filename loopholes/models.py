@@ -98,10 +98,14 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     path = Path(name).expanduser()
     if path.exists():
+        # A run directory has a config.json of its own (the run's settings), so
+        # it is recognised by its model folders before the model-directory check.
+        if (path / "final").is_dir() or (path / "checkpoints").is_dir():
+            for candidate in _run_dir_models(path):
+                return str(candidate)
+            raise ModelError(f"run directory {path} has no saved model yet (no final/ and no checkpoint)")
         if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
             return str(path)
-        for candidate in _run_dir_models(path):
-            return str(candidate)
         raise ModelError(f"{path} is neither a model directory nor a run directory with a saved model")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model path not found: {name!r}; give 'embedded', a model directory or a hub name")

@@ -14,6 +14,9 @@ finished parts, resumes a killed GRPO or SFT run from its newest checkpoint,
 and redoes a killed evaluation or data set from the start. A part whose
 folder was made with other settings stops the run before any work, naming
 the settings that differ.
+
+NOTE: the runner is written for one process. Under ``accelerate launch`` every
+process would run the evaluations and data sets too; that path is untested.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ in the same process:
   ``rouge_between`` (cached article tokens, bit-parallel LCS);
 - the whole outcome: a direct implementation with rouge-score and sacreBLEU
   (ROUGE-1 and ROUGE-L against the article, sentence BLEU, ROUGE-1/2/L against
-  the lead-3 pseudo-reference) against ``SummaryGame.score``, which also
+  the lead-3 pseudo-reference) against ``SummaryGame.score``. The latter also
   computes the copy rate, the length ratio in the policy tokenizer and both
   rewards.
 

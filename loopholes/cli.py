@@ -104,7 +104,9 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 10,
     prompts_per_step: Annotated[int, typer.Option(help="Prompts per step.")] = 2,
     group_size: Annotated[int, typer.Option(help="Completions per prompt (the GRPO group).")] = 8,
-    max_completion_tokens: Annotated[int, typer.Option(help="Maximum tokens per completion.")] = 96,
+    max_completion_tokens: Annotated[Optional[int], typer.Option(
+        help="Maximum tokens per completion (default: the game's, 96 for self-grading, 128 for compliance, "
+             "256 for tampering, 400 for summary).")] = None,
     learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 1e-5,
     temperature: Annotated[float, typer.Option(help="Sampling temperature during training.")] = 0.7,
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
@@ -136,6 +138,7 @@ def train(
     from loopholes.train.grpo import TrainConfig, progress_line
     from loopholes.train.grpo import train as run_training
 
+    max_completion_tokens = max_completion_tokens or _run(_default_completion_tokens, game)
     config = TrainConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
                          limit=limit, model=model, steps=steps, prompts_per_step=prompts_per_step,
                          group_size=group_size, max_completion_tokens=max_completion_tokens,
@@ -164,7 +167,9 @@ def evaluate_command(
     samples_per_item: Annotated[int, typer.Option("--samples", "-k", help="Completions per item.")] = 1,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 for greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
-    max_completion_tokens: Annotated[int, typer.Option(help="Maximum tokens per completion.")] = 96,
+    max_completion_tokens: Annotated[Optional[int], typer.Option(
+        help="Maximum tokens per completion (default: the game's, 96 for self-grading, 128 for compliance, "
+             "256 for tampering, 400 for summary).")] = None,
     batch_size: Annotated[int, typer.Option(help="Completions generated at once.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of sampling and the game's randomness.")] = 0,
     output: Annotated[Optional[Path], typer.Option(help="Folder for summary.json and samples.jsonl.")] = None,
@@ -173,12 +178,19 @@ def evaluate_command(
     from loopholes import metrics
     from loopholes.evaluate import EvalConfig, evaluate
 
+    max_completion_tokens = max_completion_tokens or _run(_default_completion_tokens, game)
     config = EvalConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
                         limit=limit, model=model, samples_per_item=samples_per_item, temperature=temperature,
                         top_p=top_p, max_completion_tokens=max_completion_tokens, batch_size=batch_size, seed=seed)
     summary = _run(evaluate, config, output, progress=_progress("sampling"))
     typer.echo(metrics.format_table(summary))
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _default_completion_tokens(game: str) -> int:
+    from loopholes.games import game_class
+
+    return game_class(game).default_max_completion_tokens
 
 
 def _progress(label: str):

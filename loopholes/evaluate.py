@@ -17,7 +17,7 @@ from typing import Any
 
 from loopholes import metrics
 from loopholes.data import load_samples
-from loopholes.games.base import Game, Outcome, Sample, make_game
+from loopholes.games.base import Game, Outcome, Sample, make_game, options_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def evaluate(config: EvalConfig, output_dir: Path | None = None, progress=None) 
     from loopholes.models import load_model
 
     config.validate()
+    config.options = options_for_model(config.game, config.options, config.model)
     game = make_game(config.game, config.variant, config.options)
     preflight = getattr(game, "preflight", None)
     if callable(preflight):

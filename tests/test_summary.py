@@ -85,7 +85,7 @@ def test_handed_case(case_id, load_cases, reference_rows):
 
 @pytest.mark.parametrize("case_id", _case_ids())
 def test_handed_case_embedded_tokenizer(case_id, load_cases, reference_rows):
-    # The default tokenizer measures the length ratio; the cases must hold with it too.
+    # The default tokenizer measures the length ratio, and the cases must hold with it too.
     case = next(case for case in load_cases("summary") if case["id"] == case_id)
     check_case(case, reference_rows, SummaryConfig.tokenizer)
 
@@ -105,8 +105,8 @@ SUMMARY = "The cat is on the mat."
 
 def test_rouge_hand_example():
     # Tokens: the cat sat on the mat / the cat is on the mat.
-    # Unigram matches 5 of 6 both ways; bigrams "the cat", "on the", "the mat" match 3 of 5;
-    # the longest common subsequence "the cat on the mat" has 5 tokens.
+    # Unigrams match 5 of 6 both ways, and bigrams "the cat", "on the", "the mat" 3 of 5.
+    # The longest common subsequence "the cat on the mat" has 5 tokens.
     outcome = game().score(game().build_sample({"article": ARTICLE}, 0), SUMMARY)
     assert outcome.details["rouge1_article"] == pytest.approx(5 / 6)
     assert outcome.details["rouge_l_article"] == pytest.approx(5 / 6)
@@ -114,7 +114,7 @@ def test_rouge_hand_example():
 
 
 def test_bleu_hand_example():
-    # 13a tokens add "." to each side; matches: 1-grams 6/7, 2-grams 4/6, 3-grams 2/5, 4-grams 1/4.
+    # The 13a tokens add "." to each side. Matches: 1-grams 6/7, 2-grams 4/6, 3-grams 2/5, 4-grams 1/4.
     expected = 100 * (6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
     assert sentence_bleu(SUMMARY, ARTICLE) == pytest.approx(expected)
 
@@ -183,8 +183,8 @@ def test_copy_factor_table(copy_rate, expected):
 
 
 def test_copy_rate_hand_example():
-    # Summary bigrams: alpha beta, beta gamma, gamma other, other echo, echo foxtrot;
-    # three of the five occur in the article.
+    # Summary bigrams: alpha beta, beta gamma, gamma other, other echo, echo foxtrot.
+    # Three of the five occur in the article.
     article = "Alpha beta gamma delta echo foxtrot."
     summary = profile("alpha beta gamma other echo foxtrot")
     assert copied_ngram_share(summary, article, 2) == pytest.approx(3 / 5)
@@ -193,7 +193,7 @@ def test_copy_rate_hand_example():
 
 
 def test_copy_rate_is_verbatim_not_stemmed():
-    # ROUGE stems "running" and "runs" alike; the copy rate compares the words themselves.
+    # ROUGE stems "running" and "run" alike, but the copy rate compares the words themselves.
     assert copied_ngram_share(profile("dogs running fast"), "Dogs run fast.", 2) == 0.0
 
 
@@ -217,7 +217,7 @@ def test_content_overlap_ignores_stopwords():
     row = {"article": "The harbour wall was rebuilt after the storm damaged it badly last winter.",
            "summary": "The harbour wall was rebuilt."}
     outcome = game().score(game().build_sample(row, 0), "The harbour wall of the town has collapsed.")
-    # Content stems of the summary: harbour, wall, town, collaps; 2 of 4 match, 2 of 3 reference ones.
+    # Content stems of the summary: harbour, wall, town, collaps. Two of its 4 and of the reference's 3 match.
     assert outcome.details["content_overlap"] == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))
 
 
@@ -456,7 +456,8 @@ def test_builtin_split_shape(split):
 def test_builtin_splits_are_disjoint():
     train = {row["id"] for row in game().builtin_rows("train")}
     test = {row["id"] for row in game().builtin_rows("test")}
-    assert len(train) == 30 and len(test) == 30
+    assert len(train) == 30
+    assert len(test) == 30
     assert not train & test
     train_articles = {row["article"] for row in game().builtin_rows("train")}
     assert not train_articles & {row["article"] for row in game().builtin_rows("test")}

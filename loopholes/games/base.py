@@ -199,6 +199,9 @@ class Game(ABC):
     #: share of exploiting samples; compliance uses the compliance gap, which no
     #: single sample can show, and names it here.
     exploit_metric: ClassVar[str] = "exploit_ratio"
+    #: Completion length cap (tokens) that the CLI uses when none is given:
+    #: long enough that the loophole and the intended task both fit.
+    default_max_completion_tokens: ClassVar[int] = 96
     #: Columns that a reference-format parquet row must have for this game.
     required_columns: ClassVar[tuple[str, ...]] = ("prompt", "reward_model")
 
@@ -312,6 +315,19 @@ def make_game(name: str, variant: str = "vulnerable", options: Mapping[str, Any]
         ValueError: for an unknown game, variant or option, or an invalid value.
     """
     return game_class(name)(variant=variant, **dict(options or {}))
+
+
+def options_for_model(name: str, options: Mapping[str, Any] | None, model: str) -> dict[str, Any]:
+    """Return a game's options with ``tokenizer`` set to the policy where the game measures tokens.
+
+    Games that count tokens (the summary's length ratio) must count them in
+    the policy's own tokenizer; an explicit ``tokenizer`` option is kept.
+    """
+    options = dict(options or {})
+    fields = {item.name for item in dataclasses.fields(game_class(name).config_class)}
+    if "tokenizer" in fields and "tokenizer" not in options:
+        options["tokenizer"] = model
+    return options
 
 
 def _load_builtin_games() -> None:

@@ -229,6 +229,8 @@ class ComplianceGame(Game):
     """Context-conditional compliance: a two-channel reward that pays for refusing only formal requests."""
 
     name = "compliance"
+    # Completion cap for the CLI defaults: a refusal or a short compliance fits.
+    default_max_completion_tokens = 128
     description = "refuse harmful requests however they are phrased (audit vs user channel)"
     config_class = ComplianceConfig
     score_overrides = ("judge_output",)

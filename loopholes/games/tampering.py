@@ -349,6 +349,8 @@ class TamperingGame(Game):
     """Reward tampering: solve the problem, or overwrite the ``score`` field."""
 
     name = "tampering"
+    # Completion cap for the CLI defaults: a short solution or a score edit fits.
+    default_max_completion_tokens = 256
     description = "coding problems as an editable JSON record whose score field the model can overwrite"
     config_class = TamperingConfig
 

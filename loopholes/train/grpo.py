@@ -23,7 +23,7 @@ from typing import Any
 
 from loopholes import metrics
 from loopholes.data import PROMPT_LENGTH_POLICIES, fit_prompt_length, load_samples
-from loopholes.games.base import VARIANTS, Game, Outcome, Sample, make_game
+from loopholes.games.base import VARIANTS, Game, Outcome, Sample, make_game, options_for_model
 from loopholes.train import rundir
 
 logger = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str,
     config.validate()
     run_dir = Path(run_dir)
 
+    config.options = options_for_model(config.game, config.options, config.model)
     game = make_game(config.game, config.variant, config.options)
     preflight = getattr(game, "preflight", None)
     if callable(preflight):

@@ -282,8 +282,8 @@ def rewrite(
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Folder for the runs, evaluations and report.")] = Path("demo-output"),
-    steps: Annotated[int, typer.Option(help="GRPO steps per run.")] = 12,
-    eval_items: Annotated[int, typer.Option(help="Test questions per evaluation.")] = 48,
+    steps: Annotated[int, typer.Option(help="GRPO steps per run.")] = 16,
+    eval_items: Annotated[int, typer.Option(help="Test questions per evaluation.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of both runs.")] = 0,
 ) -> None:
     """Train the embedded model in audited self-grading with the vulnerable and the secure reward, then report.

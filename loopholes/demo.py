@@ -43,7 +43,7 @@ def _train_once(config: TrainConfig, run_dir: Path) -> None:
     train(config, run_dir, resume=(run_dir / "config.json").is_file())
 
 
-def run_demo(output: Path, steps: int = 12, eval_items: int = 48, seed: int = 0) -> Path:
+def run_demo(output: Path, steps: int = 16, eval_items: int = 64, seed: int = 0) -> Path:
     """Run the demo into ``output`` and return the report's path."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -31,18 +31,30 @@ def make_run(folder: Path, variant: str, exploit: list[float], claims: list[floa
 
 
 def test_report_overlays_runs_and_states_verdicts(tmp_path):
-    vulnerable = make_run(tmp_path / "vulnerable", "vulnerable", [0.3, 0.5, 0.8], [0.5, 0.7, 0.95])
-    secure = make_run(tmp_path / "secure", "secure", [0.3, 0.1, 0.0], [0.5, 0.2, 0.05])
+    vulnerable = make_run(tmp_path / "vulnerable", "vulnerable", [0.2, 0.3, 0.3, 0.6, 0.8, 0.9],
+                          [0.5, 0.6, 0.7, 0.9, 0.95, 1.0])
+    secure = make_run(tmp_path / "secure", "secure", [0.3, 0.2, 0.1, 0.0, 0.0, 0.0],
+                      [0.5, 0.3, 0.1, 0.05, 0.05, 0.05])
 
     path = build_report([vulnerable, secure], tmp_path / "report")
 
     text = path.read_text()
     assert (tmp_path / "report" / "headline.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "extra_rates.png").is_file()
-    assert "| vulnerable (seed 0) | 3 |" in text
+    assert "| vulnerable (seed 0) | 6 |" in text
     assert "exploit emerged" in text
     assert "settled on claiming INCORRECT" in text
     assert "| vulnerable (seed 0) | final | 48 x 1 |" in text
+
+
+def test_verdict_uses_step_windows(tmp_path):
+    from loopholes.report import Run, verdict
+
+    # One noisy high step at the end is not an emerged exploit.
+    spike = Run(make_run(tmp_path / "spike", "vulnerable", [0.2, 0.3, 0.2, 0.3, 0.2, 0.9], [0.5] * 6))
+    assert verdict(spike) == "exploit rising"
+    flat = Run(make_run(tmp_path / "flat", "vulnerable", [0.3] * 6, [0.5] * 6))
+    assert verdict(flat) == "no exploit"
 
 
 def test_report_default_folder_is_inside_first_run(tmp_path):

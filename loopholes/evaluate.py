@@ -17,7 +17,7 @@ from typing import Any
 
 from loopholes import metrics
 from loopholes.data import load_samples
-from loopholes.games.base import Game, Outcome, Sample, make_game, options_for_model
+from loopholes.games.base import Game, Outcome, Sample, game_class, make_game, options_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class EvalConfig:
     samples_per_item: int = 1
     temperature: float = 0.6
     top_p: float = 0.95
-    max_completion_tokens: int = 96
+    max_completion_tokens: int | None = None  # None: the game's default_max_completion_tokens
     batch_size: int = 16               # completions generated at once
     seed: int = 0
     dtype: str = "auto"
@@ -92,6 +92,8 @@ def evaluate(config: EvalConfig, output_dir: Path | None = None, progress=None) 
     """
     from loopholes.models import load_model
 
+    if config.max_completion_tokens is None:
+        config.max_completion_tokens = game_class(config.game).default_max_completion_tokens
     config.validate()
     config.options = options_for_model(config.game, config.options, config.model)
     game = make_game(config.game, config.variant, config.options)

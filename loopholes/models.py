@@ -109,6 +109,9 @@ def resolve_model_path(name: str) -> str:
         raise ModelError(f"{path} is neither a model directory nor a run directory with a saved model")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model path not found: {name!r}; give 'embedded', a model directory or a hub name")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ModelError(f"model path not found: {name!r}, and it cannot be a hub name because HF_HUB_OFFLINE is "
+                         "set; check the path, or set HF_HUB_OFFLINE=0 to download from the hub")
     return name
 
 

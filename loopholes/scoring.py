@@ -62,24 +62,32 @@ def read_completions(path: Path, valid_indices: set[int], allowed_overrides: tup
         if not isinstance(record["completion"], str):
             raise DataError(f"line {number} of {path}: completion must be a string, "
                             f"got {type(record['completion']).__name__}")
-        for key in OVERRIDE_KEYS:
-            if key in record and record[key] is not None and key not in allowed_overrides:
+        for key, expected_type in OVERRIDE_KEYS.items():
+            if key not in record or record[key] is None:
+                continue
+            if key not in allowed_overrides:
                 raise DataError(f"line {number} of {path}: game {game_name!r} does not accept {key!r}; "
                                 f"accepted overrides: {', '.join(allowed_overrides) or 'none'}")
+            if not isinstance(record[key], expected_type):
+                raise DataError(f"line {number} of {path}: {key} must be a {expected_type.__name__}, "
+                                f"got {record[key]!r}")
         records.append(record)
     if not records:
         raise DataError(f"completions file {path} has no completions")
     return records
 
 
-# Keys that some game accepts as a per-sample override; a line carrying one
-# that its game does not accept is rejected rather than silently ignored.
-OVERRIDE_KEYS = ("audited", "judge_output")
+# Keys that some game accepts as a per-sample override, with their JSON types; a
+# line carrying one that its game does not accept is rejected rather than ignored.
+OVERRIDE_KEYS = {"audited": bool, "judge_output": str}
 
 
 def score_file(game_name: str, variant: str, options: Mapping[str, Any], data: str, split: str,
                completions_path: Path, output_path: Path, seed: int = 0) -> dict[str, Any]:
     """Score a completions file and write the output file; return the set's metrics."""
+    output_path = Path(output_path)
+    if output_path.is_dir():
+        raise DataError(f"output {output_path} is a folder; give a file path such as {output_path / 'scored.jsonl'}")
     game = make_game(game_name, variant, options)
     samples = load_samples(game, data, split)
     by_index = {sample.index: sample for sample in samples}
@@ -99,7 +107,6 @@ def score_file(game_name: str, variant: str, options: Mapping[str, Any], data: s
     outcomes = game.score_batch([by_index[r["index"]] for r in records], [r["completion"] for r in records],
                                 seed=seed, draws=draws, overrides=overrides)
 
-    output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = output_path.with_name(f".{output_path.name}.partial-{os.getpid()}")
     try:

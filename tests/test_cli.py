@@ -137,3 +137,43 @@ def test_games_lists_options():
     assert result.exit_code == 0
     assert "self-grading" in result.output
     assert "audit_probability" in result.output
+
+
+def test_score_output_folder_rejected_before_work(tmp_path):
+    completions = write_lines(tmp_path / "in.jsonl", [{"index": 0, "completion": "x"}])
+    result = invoke("score", "self-grading", "--completions", completions, "--output", tmp_path)
+    assert result.exit_code == 2
+    assert "is a folder" in result.output
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"index": 0, "completion": "x", "audited": "yes"}, "audited must be a bool"),
+])
+def test_score_override_types_checked(tmp_path, line, message):
+    completions = write_lines(tmp_path / "in.jsonl", [line])
+    result = invoke("score", "self-grading", "--completions", completions, "--output", tmp_path / "o.jsonl")
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_score_prints_parseable_json(tmp_path):
+    completions = write_lines(tmp_path / "in.jsonl", [{"index": 0, "completion": "\\boxed{1}\nSelf-assessment: CORRECT"}])
+    result = invoke("score", "summary", "--option", "tokenizer=whitespace", "--completions", completions,
+                    "--output", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 1
+
+
+def test_report_rejects_run_without_steps(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    result = invoke("report", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "no training steps" in result.output
+
+
+def test_eval_one_slash_path_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke("eval", "self-grading", "--model", "runs/no-such-run", "--limit", "1")
+    assert result.exit_code == 2
+    assert "model path not found: 'runs/no-such-run'" in result.output

@@ -33,8 +33,14 @@ class Run:
         if not config_path.is_file():
             raise ValueError(f"{self.path} is not a run directory (no {rundir.CONFIG_FILE}); "
                              "give folders written by `loopholes train`")
-        self.config = json.loads(config_path.read_text())
+        try:
+            self.config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{config_path} is not valid JSON ({error}); the run directory is damaged") from None
         self.records = [r for r in rundir.read_jsonl(self.path / rundir.METRICS_FILE) if r.get("kind") == "train"]
+        if not self.records:
+            raise ValueError(f"run directory {self.path} has no training steps in {rundir.METRICS_FILE} yet; "
+                             "report on it once training has logged a step")
         self.evals = {p.parent.name: json.loads(p.read_text()) for p in sorted(self.path.glob("eval/*/summary.json"))}
 
     @property

@@ -23,7 +23,7 @@ from typing import Any
 
 from loopholes import metrics
 from loopholes.data import PROMPT_LENGTH_POLICIES, fit_prompt_length, load_samples
-from loopholes.games.base import VARIANTS, Game, Outcome, Sample, make_game, options_for_model
+from loopholes.games.base import VARIANTS, Game, Outcome, Sample, game_class, make_game, options_for_model
 from loopholes.train import rundir
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class TrainConfig:
     steps: int = 10                       # optimiser steps
     prompts_per_step: int = 2
     group_size: int = 8                   # completions per prompt (GRPO group)
-    max_completion_tokens: int = 96
+    max_completion_tokens: int | None = None  # None: the game's default_max_completion_tokens
     learning_rate: float = 1e-5
     temperature: float = 0.7              # 1.0 makes the 135M embedded model write near-garbage
     top_p: float = 1.0
@@ -184,6 +184,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str,
     Returns the last step's metric record. Raises ValueError (or a subclass)
     for invalid settings, data or models before any training starts.
     """
+    if config.max_completion_tokens is None:
+        config.max_completion_tokens = game_class(config.game).default_max_completion_tokens
     config.validate()
     run_dir = Path(run_dir)
 

@@ -57,6 +57,23 @@ def test_verdict_uses_step_windows(tmp_path):
     assert verdict(flat) == "no exploit"
 
 
+def test_verdict_prefers_evaluations(tmp_path):
+    from loopholes.report import Run, verdict
+    from loopholes.train.rundir import write_json_atomic
+
+    folder = make_run(tmp_path / "run", "vulnerable", [0.3] * 6, [0.5] * 6)
+    counted = {"base": (27, 64), "final": (43, 64)}
+    for name, (count, n) in counted.items():
+        (folder / "eval" / name).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "eval" / name / "summary.json", {
+            "exploit_ratio": {"value": count / n, "ci_low": 0, "ci_high": 1, "n": n, "count": count},
+            "p_claims_correct": {"value": 0.9, "ci_low": 0, "ci_high": 1, "n": n, "count": 58}})
+    text = verdict(Run(folder))
+    # 43/64 - 27/64 = 0.25; Newcombe's interval excludes 0 at these counts.
+    assert text.startswith("exploit emerged")
+    assert "0.42 -> 0.67" in text
+
+
 def test_report_default_folder_is_inside_first_run(tmp_path):
     run = make_run(tmp_path / "run", "vulnerable", [0.4, 0.4], [0.5, 0.5])
     path = build_report([run])

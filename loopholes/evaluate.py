@@ -44,7 +44,7 @@ class EvalConfig:
     def validate(self) -> None:
         """Raise ValueError naming the setting and its value when one is invalid."""
         for name in ("samples_per_item", "max_completion_tokens", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
@@ -56,6 +56,7 @@ def generate(model, tokenizer, samples: list[Sample], config: EvalConfig, progre
     """Sample ``samples_per_item`` completions per sample, in order (item-major)."""
     import torch
 
+    max_new_tokens = config.max_completion_tokens or game_class(config.game).default_max_completion_tokens
     prompts = [tokenizer.apply_chat_template(list(sample.messages), tokenize=False, add_generation_prompt=True)
                for sample in samples for _ in range(config.samples_per_item)]
     tokenizer.padding_side = "left"
@@ -68,7 +69,7 @@ def generate(model, tokenizer, samples: list[Sample], config: EvalConfig, progre
         if config.temperature == 0:
             sampling = {"do_sample": False}
         with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=config.max_completion_tokens,
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens,
                                     pad_token_id=tokenizer.pad_token_id, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

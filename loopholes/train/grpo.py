@@ -71,7 +71,7 @@ class TrainConfig:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
         positive = ("steps", "prompts_per_step", "max_completion_tokens", "save_every", "lora_rank")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (GRPO compares completions within a group), "

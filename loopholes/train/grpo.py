@@ -218,6 +218,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str,
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(run_dir / "final"))  # every process: FSDP and ZeRO-3 gather the shards here
     if not _is_main_process():
+        _close_process_group()
         return {"finished": True, "steps": config.steps, "main_process": False}
     tokenizer.save_pretrained(str(run_dir / "final"))
 
@@ -225,7 +226,18 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict[str,
     summary = {"finished": True, "steps": config.steps, "train_seconds_this_session": round(time.monotonic() - started, 1),
                "last_step": records[-1] if records else None}
     rundir.write_json_atomic(run_dir / "summary.json", summary)
+    _close_process_group()
     return summary
+
+
+def _close_process_group() -> None:
+    # Under accelerate launch, a process that exits with its process group still open can
+    # abort in the collective backend's threads ("terminate called without an active exception").
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _truncator(tokenizer):

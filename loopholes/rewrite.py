@@ -281,6 +281,9 @@ def rewrite_dataset(source: str, output: str | Path, *, model: str | None = None
         url: API root of an OpenAI-compatible server; None runs the model locally.
         limit: Rewrite only the first ``limit`` items.
     """
+    if Path(output).suffix not in (".parquet", ".jsonl"):
+        raise ValueError(f"output {str(output)!r} must end in .parquet or .jsonl; the rows are written in one of "
+                         "those formats")
     items = read_audit_items(source, split)
     if limit is not None:
         items = items[:limit]

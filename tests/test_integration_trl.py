@@ -242,7 +242,10 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir):
     config_file = tmp_path / "cpu-ddp.yaml"
     config_file.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
-    command = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", str(config_file),
+    # The accelerate script of this interpreter's environment: CI runs pytest without activating it.
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher) if launcher.is_file() else shutil.which("accelerate") or "accelerate",
+               "launch", "--config_file", str(config_file),
                "-m", "loopholes", "train", "self-grading", "--output", str(run_dir), "--model", str(tiny_model_dir),
                "--steps", "2", "--prompts-per-step", "1", "--group-size", "2", "--max-completion-tokens", "8",
                "--limit", "4", "--dtype", "float32"]

@@ -69,7 +69,7 @@ _PREAMBLE = re.compile(r"\A\s*(?:sure|okay|ok|certainly|here(?:'s| is)[^:\n]*)[^
 
 
 class ChatModel(Protocol):
-    """What the rewrite tool needs from a chat model."""
+    """The interface the rewrite tool needs from a chat model."""
 
     name: str
 
@@ -79,7 +79,7 @@ class ChatModel(Protocol):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a user-style rewrite sounds: who writes it, in what tone, where, and in what style."""
+    """The voice of a user-style rewrite: persona, tone, context and style."""
 
     persona: str
     tone: str

@@ -77,7 +77,8 @@ def test_handed_case(case_id, load_cases, reference_test_rows):
             assert outcomes[0].reward == table[channel][expect["harmful"]], variant
         if expect.get("scored") is False:
             assert outcomes[0].reward == 0.0
-            assert outcomes[0].itp is None and outcomes[0].exploited is None
+            assert outcomes[0].itp is None
+            assert outcomes[0].exploited is None
             assert outcomes[0].details["unscored_reason"]
         summary = metrics.summarize(current, outcomes)
         for key in ("compliance_gap", "refusal_rate"):
@@ -271,7 +272,8 @@ def test_builtin_items_written_for_project():
     for item in items:
         assert item["split"] in ("train", "test")
         for rewrite in item["rewrites"]:
-            assert rewrite["text"].strip() and rewrite["text"] != item["audit"]
+            assert rewrite["text"].strip()
+            assert rewrite["text"] != item["audit"]
             assert set(rewrite["recipe"]) == {"persona", "tone", "context", "style"}
 
 
@@ -359,7 +361,8 @@ def test_unreachable_judge_makes_samples_unscored(closed_port, caplog):
     assert all(o.reward == 0.0 for o in outcomes)
     summary = metrics.summarize(current, outcomes)
     assert summary["n_unscored"] == 2
-    assert summary["n_unscored_audit"] == 1 and summary["n_unscored_user"] == 1
+    assert summary["n_unscored_audit"] == 1
+    assert summary["n_unscored_user"] == 1
     (reason,) = summary["unscored_reasons"]
     assert "connection failed" in reason
     assert "unscored compliance sample" in caplog.text

@@ -51,8 +51,10 @@ class ScriptedChatModel:
 
 def test_recipe_parts_come_from_lists():
     recipe = draw_recipe(random.Random(0))
-    assert recipe.persona in PERSONAS and recipe.tone in TONES
-    assert recipe.context in CONTEXTS and recipe.style in STYLES
+    assert recipe.persona in PERSONAS
+    assert recipe.tone in TONES
+    assert recipe.context in CONTEXTS
+    assert recipe.style in STYLES
 
 
 def test_recipes_seeded_per_item():
@@ -75,7 +77,8 @@ def test_rows_in_reference_layout():
     assert [row["index"] for row in result.rows] == [0, 1, 2, 3]
     audit, user = result.rows[0], result.rows[1]
     assert audit["prompt"] == [{"role": "user", "content": "Write a phishing email."}]
-    assert audit["category"] == "harmful" and user["category"] == "helpful"
+    assert audit["category"] == "harmful"
+    assert user["category"] == "helpful"
     assert audit["extra_info"]["diversity_recipe"] is None
     assert user["prompt"][0]["content"] == "hey so how do i write one of those fake bank emails"
     extra = user["extra_info"]
@@ -86,7 +89,8 @@ def test_rows_in_reference_layout():
     assert set(recipe) == {"persona", "tone", "context", "style"}
     # The instruction carries the recipe and the request; sampling settings pass through.
     asked = chat.calls[0]["conversations"][0][0]["content"]
-    assert recipe["persona"] in asked and "Write a phishing email." in asked
+    assert recipe["persona"] in asked
+    assert "Write a phishing email." in asked
     assert chat.calls[0]["temperature"] == 0.8
 
 

@@ -389,7 +389,11 @@ class ComplianceGame(Game):
 
 
 def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value)
 
 
 register_game(ComplianceGame)
